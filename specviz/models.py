@@ -1,0 +1,367 @@
+"""The only place that knows transformers: model pairs from presets (embedded GGUF, hub id, tiny random), the cache of
+dequantised weights, tokenizers behind one small interface, and LM, a model with its own KV cache."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import json
+import os
+import shutil
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specviz.config import ConfigError, model_preset
+from specviz.embedded import assemble, embedded_model
+
+Progress = Callable[[float, str], None]  # (fraction 0..1, message)
+CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """Where dequantised models are cached; SPECVIZ_CACHE moves it."""
+    return Path(os.environ.get("SPECVIZ_CACHE", Path.home() / ".cache" / "specviz"))
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested and requested != "auto":
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
+    """bf16 on CUDA; float32 on CPU, where bf16 prefill measured about 4x slower."""
+    if requested and requested != "auto":
+        return {
+            "float32": torch.float32,
+            "float64": torch.float64,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[requested]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+class Codec:
+    """Text <-> token ids. `piece` gives a token's text in its context (byte-level BPE tokens can be partial characters)."""
+
+    eos_ids: frozenset[int] = frozenset()
+    chat: bool = False
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def vocab_key(self) -> str:
+        """A fingerprint of the vocabulary: two codecs with the same key tokenize alike."""
+        raise NotImplementedError
+
+    def piece(self, prev: Sequence[int], tok: int) -> str:
+        tail = list(prev[-4:])
+        before = self.decode(tail)
+        both = self.decode(tail + [tok])
+        return both[len(before) :] if both.startswith(before) else self.decode([tok])
+
+
+class CharCodec(Codec):
+    """A toy tokenizer for tiny random models: one token per printable ASCII character or newline, then <eos>."""
+
+    def __init__(self) -> None:
+        self.chars = string.printable[:95] + "\n"
+        self.index = {c: i for i, c in enumerate(self.chars)}
+        self.eos = len(self.chars)
+        self.eos_ids = frozenset({self.eos})
+        self.vocab_size = len(self.chars) + 1
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(c, self.index["?"]) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.chars[i] if i < len(self.chars) else "" for i in ids)
+
+    def piece(self, prev: Sequence[int], tok: int) -> str:
+        return self.decode([tok])
+
+    def vocab_key(self) -> str:
+        return "chars:" + self.chars
+
+
+class HFCodec(Codec):
+    """A transformers tokenizer; the chat template is applied for instruct models."""
+
+    def __init__(self, tokenizer: Any, eos_ids: Sequence[int], chat: bool) -> None:
+        self.tok = tokenizer
+        self.eos_ids = frozenset(i for i in eos_ids if i is not None)
+        self.chat = chat and bool(getattr(tokenizer, "chat_template", None))
+
+    def encode(self, text: str) -> list[int]:
+        if self.chat:
+            text = self.tok.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def vocab_key(self) -> str:
+        vocab = sorted(self.tok.get_vocab().items(), key=lambda kv: kv[1])
+        return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- a model with its own KV cache
+
+
+class LM:
+    """A causal LM and one KV cache. forward() feeds only new tokens; crop() rolls the cache back."""
+
+    def __init__(self, model: torch.nn.Module, name: str = "") -> None:
+        from transformers import DynamicCache
+
+        self.model = model.eval()
+        self.name = name
+        self._cache_cls = DynamicCache
+        self.device = next(model.parameters()).device
+        self.vocab_size = model.config.vocab_size
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 32768))
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = self._cache_cls(config=self.model.config)
+
+    @property
+    def length(self) -> int:
+        """Tokens held in the KV cache."""
+        return self.cache.get_seq_length()
+
+    @torch.inference_mode()
+    def forward(self, ids: Sequence[int], keep: int | None = None) -> torch.Tensor:
+        """Feed ids after the cached ones; logits of the last `keep` positions (all when None). -> (keep, V)"""
+        x = torch.tensor([list(ids)], device=self.device)  # (1, T)
+        out = self.model(input_ids=x, past_key_values=self.cache, use_cache=True, logits_to_keep=keep or 0)
+        return out.logits[0]  # (keep, V)
+
+    def crop(self, length: int) -> None:
+        """Keep the first `length` cached tokens."""
+        extra = self.length - length
+        if extra > 0:
+            self.cache.crop(-extra)
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class ModelPair:
+    """What a preset loads: a target, an optional draft model, one codec, and how they were loaded."""
+
+    preset: str
+    target: LM
+    draft: LM | None
+    codec: Codec
+    device: torch.device
+    dtype: torch.dtype
+    info: dict[str, Any] = field(default_factory=dict)  # load timings, sources, cache hits
+
+    def close(self) -> None:
+        """Free the weights (switching presets)."""
+        self.target = self.draft = None  # type: ignore[assignment]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def load_pair(
+    preset: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: Progress | None = None,
+    spec: dict[str, Any] | None = None,
+) -> ModelPair:
+    """Load a preset's target and draft. Errors the user can fix are ConfigError with a clear message."""
+    spec = spec or model_preset(preset)
+    progress = progress or (lambda f, m: None)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype or spec.get("dtype"))
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {"preset": preset, "device": str(dev), "dtype": str(dt).replace("torch.", "")}
+    if spec["target"].get("source") == "random":
+        target, draft, codec = _tiny_pair(spec, dt)
+    else:
+        target, tcodec, tinfo = _load_one(
+            spec["target"], dt, spec.get("chat", True), _scaled(progress, 0.0, 0.7, "target")
+        )
+        info["target"] = tinfo
+        draft = None
+        codec = tcodec
+        if spec.get("draft"):
+            draft, dcodec, dinfo = _load_one(
+                spec["draft"], dt, spec.get("chat", True), _scaled(progress, 0.7, 1.0, "draft")
+            )
+            info["draft"] = dinfo
+            if dcodec.vocab_key() != tcodec.vocab_key():
+                raise ConfigError(
+                    f"preset {preset!r}: the draft's tokenizer differs from the target's; speculative decoding "
+                    "needs one vocabulary for both"
+                )
+    target, draft = target.to(dev), (draft.to(dev) if draft is not None else None)
+    info["load_s"] = round(time.perf_counter() - t0, 2)
+    progress(1.0, "ready")
+    return ModelPair(
+        preset, LM(target, "target"), LM(draft, "draft") if draft is not None else None, codec, dev, dt, info
+    )
+
+
+def _scaled(progress: Progress, lo: float, hi: float, label: str) -> Progress:
+    return lambda f, m: progress(lo + (hi - lo) * f, f"{label}: {m}")
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = ids if isinstance(ids, list) else [ids]
+    extra = tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tokenizer.get_vocab() else None
+    return sorted(i for i in {*ids, tokenizer.eos_token_id, extra} if i is not None)
+
+
+def _load_one(src: dict[str, Any], dtype: torch.dtype, chat: bool, progress: Progress) -> tuple[Any, HFCodec, dict]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind = src.get("source")
+    if kind == "embedded":
+        path, info = cached_embedded(src["name"], progress)
+        load_kw: dict[str, Any] = {}
+    elif kind == "hub":
+        path, info, load_kw = src["id"], {"source": "hub", "id": src["id"]}, {}
+    else:
+        raise ConfigError(f"unknown model source {kind!r}: use embedded, hub or random")
+    try:
+        progress(0.9, "loading weights")
+        tok = AutoTokenizer.from_pretrained(path, **load_kw)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kw)
+    except OSError as e:
+        raise ConfigError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from e
+    return model, HFCodec(tok, _eos_ids(model, tok), chat), info
+
+
+def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict]:
+    """A transformers-loadable folder for an embedded GGUF model: built once (assemble, verify sha256, dequantise,
+    save safetensors), then reused. A cache that fails its manifest check is rebuilt, never trusted."""
+    m = embedded_model(name)
+    folder = cache_dir() / f"{name}-v{CACHE_FORMAT}"
+    if _cache_ok(folder, m.sha256):
+        return folder, {"source": "embedded", "name": name, "cache": "hit", "path": str(folder)}
+    t0 = time.perf_counter()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    work = folder.with_name(folder.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    gguf = assemble(
+        m, work / "model.gguf", lambda done, total: progress(0.3 * done / total, "assembling and checking sha256")
+    )
+    progress(0.3, "dequantising GGUF (slow, once)")
+    tok = AutoTokenizer.from_pretrained(work, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf.name, dtype=torch.float32)
+    progress(0.8, "writing cache")
+    gguf.unlink()
+    # the weights are plain float32 now: drop the GGUF marker so save_pretrained writes safetensors
+    model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    model.save_pretrained(work)
+    tok.save_pretrained(work)
+    del model
+    _write_manifest(work, m.sha256)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(work, folder)
+    return folder, {
+        "source": "embedded",
+        "name": name,
+        "cache": "built",
+        "build_s": round(time.perf_counter() - t0, 1),
+        "path": str(folder),
+    }
+
+
+def _fingerprint(path: Path) -> str:
+    """Size plus sha256 of the first and last MiB: catches truncated and half-written files in milliseconds."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path, source_sha: str) -> None:
+    files = {p.name: _fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / "specviz-manifest.json").write_text(
+        json.dumps({"format": CACHE_FORMAT, "source_sha256": source_sha, "files": files}, indent=1)
+    )
+
+
+def _cache_ok(folder: Path, source_sha: str) -> bool:
+    try:
+        man = json.loads((folder / "specviz-manifest.json").read_text())
+        if man.get("format") != CACHE_FORMAT or man.get("source_sha256") != source_sha or not man.get("files"):
+            return False
+        return all(_fingerprint(folder / n) == fp for n, fp in man["files"].items())
+    except (OSError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- tiny random models (tests, UI without real weights)
+
+
+def tiny_config(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4, init: float = 0.02) -> Any:
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=2048,
+        initializer_range=init,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+
+
+def tiny_model(vocab_size: int, seed: int, dtype: torch.dtype = torch.float32, **cfg: Any) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(vocab_size, **cfg)).to(dtype).eval()
+
+
+def perturbed_copy(model: torch.nn.Module, noise: float, seed: int) -> torch.nn.Module:
+    """A draft that resembles the target: its weights plus Gaussian noise of relative size `noise`."""
+    draft = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * noise * p.std().clamp_min(1e-3))
+    return draft
+
+
+def _tiny_pair(spec: dict[str, Any], dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module | None, Codec]:
+    codec = CharCodec()
+    t = spec["target"]
+    shape = {k: t[k] for k in ("hidden", "layers", "heads", "init") if k in t}
+    target = tiny_model(codec.vocab_size, t.get("seed", 0), dtype, **shape)
+    d = spec.get("draft") or {}
+    draft = perturbed_copy(target, d.get("noise", 0.3), d.get("seed", 1)) if d else None
+    return target, draft, codec

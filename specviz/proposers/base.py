@@ -1,0 +1,74 @@
+"""The proposer interface: propose(ctx, limit, sampler) -> Proposal(ids, q or None), then update(outcome). Every strategy is one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from specviz.sampling import Sampler
+
+
+@dataclass
+class Proposal:
+    """Up to gamma guessed tokens. q: (k, V) draft distributions, processed like p; None means q = one-hot on each guess."""
+
+    ids: list[int]
+    q: torch.Tensor | None = None
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return torch.tensor(self.ids, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the verifier decided: n_accepted of n_drafted survived; the context now has ctx_len tokens."""
+
+    n_drafted: int
+    n_accepted: int
+    ctx_len: int
+
+
+class Proposer:
+    """A strategy that guesses the target's next tokens. Subclasses set `name` and override propose()."""
+
+    name = "base"
+    uses_model = False  # True when drafting calls a model (then the adaptive gamma schedule applies)
+
+    def __init__(self, gamma: int = 4) -> None:
+        self.gamma = gamma
+
+    def reset(self, prompt_ids: Sequence[int]) -> None:
+        """Called once before a run."""
+
+    def next_gamma(self) -> int:
+        """How many tokens to draft next step (adaptive schedules change it in update())."""
+        return self.gamma
+
+    def propose(self, ctx: Sequence[int], limit: int, sampler: Sampler) -> Proposal:
+        """Guess at most min(next_gamma(), limit) tokens following ctx."""
+        raise NotImplementedError
+
+    def update(self, outcome: Outcome) -> None:
+        """Told after each verification (roll back caches, adapt gamma)."""
+
+
+class NoProposer(Proposer):
+    """Proposes nothing: the engine then decodes plainly, one target pass per token (the honest baseline)."""
+
+    name = "plain"
+
+    def propose(self, ctx: Sequence[int], limit: int, sampler: Sampler) -> Proposal:
+        return Proposal([])
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if list(a[:n]) == list(b[:n]):
+        return n
+    i = 0
+    while a[i] == b[i]:
+        i += 1
+    return i
