@@ -14,7 +14,7 @@ from specviz.events import RunSummary, StepEvent, TokenEvent
 from specviz.metrics import summarize
 from specviz.models import LM
 from specviz.proposers.base import NoProposer, Outcome, Proposal, Proposer
-from specviz.sampling import Sampler, tv_distance
+from specviz.sampling import Sampler, residual, tv_distance
 from specviz.verify import Verdict, greedy_verify, speculative_verify
 
 Hook = Callable[[StepEvent], None]
@@ -34,6 +34,7 @@ class SpecRun:
         hooks: Sequence[Hook] = (),
         instrument: bool = True,
         should_stop: Callable[[], bool] | None = None,
+        detail_top: int = 0,
     ) -> None:
         self.cfg = cfg.validated()
         if not prompt_ids:
@@ -52,6 +53,7 @@ class SpecRun:
         self.hooks = list(hooks)
         self.instrument = instrument
         self.should_stop = should_stop or (lambda: False)
+        self.detail_top = detail_top if instrument else 0
         self.steps: list[StepEvent] = []
         self.summary: RunSummary | None = None
 
@@ -86,11 +88,12 @@ class SpecRun:
                 stop_reason = "eos"
             self.target.crop(len(ctx) + min(n, len(emitted)))  # ctx[-1] and the kept drafts stay cached
             tokens = self._token_events(ctx, prop, verdict, emitted, p)
+            detail = self._detail(ctx, prop, tokens, p) if self.detail_top and p is not None else None
             t_end = time.perf_counter()
             n_kept = sum(t.origin == "accepted" for t in tokens)
             ctx += emitted
             out += emitted
-            self.proposer.update(Outcome(k, n_kept, len(ctx)))
+            self.proposer.update(Outcome(k, n_kept, len(ctx), logits))
             drafted_total += k
             accepted_total += n_kept
             done = hit_eos is not None or len(out) >= cfg.max_new_tokens
@@ -109,6 +112,7 @@ class SpecRun:
                 total_accepted=accepted_total,
                 finished=done,
                 stop_reason=stop_reason if done else None,
+                detail=detail,
             )
             self.steps.append(ev)
             for hook in self.hooks:
@@ -139,7 +143,7 @@ class SpecRun:
         """Step 2 and 3: ONE target pass over [last] + drafts, then the rule. -> logits (k+1, V), verdict, p or None."""
         logits = self.target.forward([last] + prop.ids).float()  # (k+1, V)
         draft = prop.tensor.to(logits.device)  # (k,)
-        need_p = not sampler.greedy or (self.instrument and bool(prop.ids))
+        need_p = not sampler.greedy or (self.instrument and (bool(prop.ids) or self.detail_top > 0))
         p = sampler.probs(logits) if need_p else None  # (k+1, V)
         if sampler.greedy:
             return logits, greedy_verify(draft, logits), p
@@ -171,6 +175,32 @@ class SpecRun:
             if origin == "accepted":
                 prev.append(tok)
         return events
+
+    def _detail(self, ctx: list[int], prop: Proposal, tokens: list[TokenEvent], p: torch.Tensor) -> dict:
+        """Top tokens of p and q, and the residual max(0, p - q) normalised, where the target spoke this step."""
+        kept = sum(t.origin == "accepted" for t in tokens)
+        k = len(prop.ids)
+        p_row = p[kept]  # (V,)
+        q_row = None
+        if kept < k:
+            q_row = (
+                prop.q[kept].to(p.device)
+                if prop.q is not None
+                else torch.nn.functional.one_hot(torch.tensor(prop.ids[kept], device=p.device), p.shape[-1]).to(p.dtype)
+            )
+        rejected = any(t.origin == "rejected" for t in tokens)
+        res = residual(p_row, q_row) if rejected and q_row is not None else None
+        score = p_row if q_row is None else torch.maximum(p_row, q_row)
+        top = torch.topk(score, min(self.detail_top, score.shape[-1])).indices  # (N,)
+        prev = ctx + prop.ids[:kept]
+        return {
+            "position": kept,
+            "token_ids": top.tolist(),
+            "tokens": [self.piece(prev, int(t)) for t in top.tolist()],
+            "p": p_row[top].tolist(),
+            "q": q_row[top].tolist() if q_row is not None else None,
+            "residual": res[top].tolist() if res is not None else None,
+        }
 
     @staticmethod
     def _stats(prop: Proposal, p: torch.Tensor, kept: int, final: int | None) -> list[list[float]]:

@@ -49,6 +49,9 @@ class StepEvent:
     total_accepted: int
     finished: bool = False
     stop_reason: str | None = None  # "max_new_tokens" | "eos" | "stopped"
+    # with detail_top=N: the top tokens at the position where the target spoke (a rejection, or the bonus):
+    # {"position", "token_ids", "tokens", "p", "q" (None without draft probabilities), "residual" (None unless rejected)}
+    detail: dict[str, Any] | None = None
 
     @property
     def drafted(self) -> list[TokenEvent]:

@@ -24,11 +24,15 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the verifier decided: n_accepted of n_drafted survived; the context now has ctx_len tokens."""
+    """What the verifier decided: n_accepted of n_drafted survived; the context now has ctx_len tokens.
+    target_logits: the verification pass's raw target logits, (n_drafted + 1, V), row i predicting the token after
+    [ctx[-1]] + draft[:i]; proposers that learn from the target (Jacobi) read them, others ignore them. None when the
+    engine does not pass them. Never copied to the host unless a proposer asks."""
 
     n_drafted: int
     n_accepted: int
     ctx_len: int
+    target_logits: torch.Tensor | None = None
 
 
 class Proposer:

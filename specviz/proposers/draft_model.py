@@ -15,9 +15,10 @@ class DraftModelProposer(Proposer):
     name = "draft"
     uses_model = True
 
-    def __init__(self, draft: LM, gamma: int = 4) -> None:
+    def __init__(self, draft: LM, gamma: int = 4, confidence: float = 0.0) -> None:
         super().__init__(gamma)
         self.lm = draft
+        self.confidence = confidence  # stop drafting after a token whose draft top probability is below this (0 = off)
         self.fed: list[int] = []  # the tokens whose keys/values sit in the draft's cache
 
     def reset(self, prompt_ids: Sequence[int]) -> None:
@@ -43,4 +44,6 @@ class DraftModelProposer(Proposer):
             ids.append(tok)
             qs.append(probs)
             new = [tok]
+            if self.confidence and float(probs.max()) < self.confidence:
+                break
         return Proposal(ids, torch.stack(qs))  # q: (k, V)

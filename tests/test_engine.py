@@ -1,0 +1,224 @@
+"""Engine behaviour on tiny models: EOS, token budgets, cache rollback, reproducibility, events, bad input, layering."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from specviz.config import ConfigError, GenConfig
+from specviz.engine import run
+from specviz.events import StepEvent, trace_from_json, trace_to_json
+from specviz.metrics import expected_speedup, expected_tokens_per_step
+from specviz.models import LM, perturbed_copy
+from specviz.proposers import DraftModelProposer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("max_new", [1, 2, 3, 5, 8, 13])
+@pytest.mark.parametrize("gamma", [1, 4, 8])
+def test_never_more_tokens_than_asked(tiny_pair, prompts, max_new, gamma):
+    target, draft = tiny_pair
+    cfg = GenConfig(gamma=gamma, max_new_tokens=max_new)
+    plain = run(target, None, prompts[0], cfg).run()
+    spec = run(target, DraftModelProposer(draft, gamma), prompts[0], cfg).run()
+    assert len(spec.output_ids) == max_new == len(plain.output_ids)
+    assert spec.output_ids == plain.output_ids
+    assert spec.stop_reason == "max_new_tokens"
+
+
+def test_eos_inside_an_accepted_draft_ends_the_run(tiny_pair, prompts):
+    """With a draft equal to the target every guess is accepted, so an EOS lands inside an accepted draft."""
+    target, _ = tiny_pair
+    same = LM(perturbed_copy(target.model, 0.0, 0))
+    cfg = GenConfig(gamma=8, max_new_tokens=30)
+    plain = run(target, None, prompts[0], cfg).run().output_ids
+    eos = plain[5]  # pretend the 6th token is EOS
+    first = plain.index(eos)
+    spec = run(target, DraftModelProposer(same, 8), prompts[0], cfg, eos_ids={eos})
+    steps = list(spec)
+    assert spec.summary.output_ids == plain[: first + 1]
+    assert spec.summary.stop_reason == "eos"
+    last = steps[-1]
+    assert last.finished and last.tokens[-1].origin != "resampled"  # nothing after the EOS, no correction token
+    assert [t.id for t in last.emitted][-1] == eos
+    assert any(t.origin == "not_reached" for t in last.tokens) or last.n_drafted == last.n_accepted
+
+
+def test_eos_as_the_target_token(tiny_pair, prompts):
+    target, draft = tiny_pair
+    cfg = GenConfig(gamma=3, max_new_tokens=30)
+    plain = run(target, None, prompts[1], cfg).run().output_ids
+    for eos in set(plain[:10]):
+        out = run(target, DraftModelProposer(draft, 3), prompts[1], cfg, eos_ids={eos}).run()
+        assert out.output_ids == plain[: plain.index(eos) + 1]
+
+
+def test_cache_rollback_matches_a_fresh_forward(tiny_pair, prompts):
+    """After a run with many rejections, the cropped caches give the same logits as recomputing from scratch."""
+    target, draft = tiny_pair
+    proposer = DraftModelProposer(draft, 6)
+    r = run(target, proposer, prompts[0], GenConfig(gamma=6, max_new_tokens=50))
+    s = r.run()
+    assert s.rejections > 3
+    ctx = prompts[0] + s.output_ids
+    assert target.length == len(ctx) - 1  # every token but the last is cached, nothing more
+    incremental = target.forward([ctx[-1]])[-1]
+    fresh = LM(target.model)
+    assert torch.allclose(fresh.forward(ctx)[-1], incremental, atol=1e-10)
+    # the draft's cache holds a prefix of the context, never a rejected token
+    assert proposer.fed == ctx[: len(proposer.fed)]
+
+
+@pytest.mark.parametrize("rule", ["greedy", "sample"])
+def test_same_seed_same_tokens_and_verdicts(tiny_pair, prompts, rule):
+    target, draft = tiny_pair
+    cfg = GenConfig(gamma=4, rule=rule, temperature=0.9, top_p=0.95, max_new_tokens=40, seed=123)
+
+    def verdicts():
+        steps = list(run(target, DraftModelProposer(draft, 4), prompts[0], cfg))
+        return [(t.id, t.origin) for s in steps for t in s.tokens]
+
+    assert verdicts() == verdicts()
+    if rule == "sample":
+        other = list(run(target, DraftModelProposer(draft, 4), prompts[0], cfg.with_(seed=124)))
+        assert [(t.id, t.origin) for s in other for t in s.tokens] != verdicts()
+
+
+def test_events_carry_probabilities_and_round_trip_json(tiny_pair, prompts, codec):
+    target, draft = tiny_pair
+    r = run(
+        target,
+        DraftModelProposer(draft, 4),
+        prompts[0],
+        GenConfig(gamma=4, max_new_tokens=30),
+        piece=codec.piece,
+        detail_top=5,
+    )
+    steps = list(r)
+    for s in steps:
+        for t in s.drafted:
+            assert 0 <= t.p <= 1 and 0 < t.q <= 1 and 0 <= t.tv <= 1
+            assert t.accept_prob == pytest.approx(min(1.0, t.p / t.q))
+        assert s.draft_ms >= 0 and s.verify_ms > 0
+        assert isinstance(s.detail["p"][0], float) and len(s.detail["tokens"]) == 5
+        if s.rejected:
+            assert s.detail["residual"] is not None and s.detail["q"] is not None
+    text = trace_to_json(steps, r.summary, {"prompt": "x"})
+    back, summary, meta = trace_from_json(text)
+    assert back == steps and summary == r.summary and meta == {"prompt": "x"}
+    assert all(
+        isinstance(v, int | float | str | bool | list | dict | type(None))
+        for v in json.loads(text)["steps"][0].values()
+    )
+    # running totals agree with the per-step numbers
+    assert steps[-1].total_accepted == sum(s.n_accepted for s in steps) == r.summary.accepted
+    assert "".join(t.text for s in steps for t in s.emitted) == codec.decode(r.summary.output_ids)
+
+
+def test_plain_decoding_is_one_token_per_pass(tiny_pair, prompts):
+    target, _ = tiny_pair
+    s = run(target, None, prompts[0], GenConfig(max_new_tokens=12)).run()
+    assert s.steps == 12 and s.tokens_per_step == 1.0 and s.drafted == 0
+
+
+def test_instrumentation_off_gives_same_tokens(tiny_pair, prompts):
+    target, draft = tiny_pair
+    cfg = GenConfig(gamma=4, rule="sample", max_new_tokens=30, seed=5)
+    a = run(target, DraftModelProposer(draft, 4), prompts[0], cfg).run().output_ids
+    b = run(target, DraftModelProposer(draft, 4), prompts[0], cfg, instrument=False).run().output_ids
+    assert a == b
+
+
+def test_stop_ends_within_one_step(tiny_pair, prompts):
+    target, draft = tiny_pair
+    flag = {"stop": False}
+    r = run(
+        target,
+        DraftModelProposer(draft, 4),
+        prompts[0],
+        GenConfig(max_new_tokens=200),
+        should_stop=lambda: flag["stop"],
+    )
+    for s in r:
+        if s.step == 2:
+            flag["stop"] = True
+    assert len(r.steps) == 3 and r.summary.stop_reason == "stopped"
+
+
+# ------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (dict(gamma=0), "gamma"),
+        (dict(gamma=1000), "gamma"),
+        (dict(gamma=2.5), "gamma"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(rule="sample", temperature=0.0), "temperature 0"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(top_k=-3), "top_k"),
+        (dict(rule="beam"), "rule"),
+        (dict(seed=-1), "seed"),
+    ],
+)
+def test_bad_settings_name_the_problem(changes, words):
+    with pytest.raises(ConfigError, match=words):
+        GenConfig(**changes).validated()
+
+
+def test_empty_and_too_long_prompts(tiny_pair):
+    target, draft = tiny_pair
+    with pytest.raises(ConfigError, match="empty"):
+        run(target, None, [], GenConfig())
+    with pytest.raises(ConfigError, match="exceeds the model's context of 2048"):
+        run(target, None, [1] * 2040, GenConfig(max_new_tokens=64))
+
+
+def test_step_event_from_dict_rejects_nothing_it_wrote(tiny_pair, prompts):
+    target, _ = tiny_pair
+    s = next(iter(run(target, None, prompts[0], GenConfig(max_new_tokens=3))))
+    assert StepEvent.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+# ------------------------------------------------------------- theory and layering
+
+
+def test_leviathan_formulas_by_hand():
+    assert expected_tokens_per_step(0.8, 4) == pytest.approx((1 - 0.8**5) / 0.2)  # 3.3616
+    assert expected_tokens_per_step(0.8, 4) == pytest.approx(3.3616)
+    assert expected_speedup(0.8, 4, 0.5) == pytest.approx(3.3616 / 3)
+    assert expected_tokens_per_step(1.0, 4) == 5.0
+    assert expected_tokens_per_step(0.0, 4) == 1.0
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_engine_never_imports_ui_libraries():
+    core = [
+        ROOT / "specviz" / f
+        for f in ("engine.py", "verify.py", "sampling.py", "events.py", "metrics.py", "config.py", "models.py")
+    ]
+    core += list((ROOT / "specviz" / "proposers").glob("*.py"))
+    for f in core:
+        assert not _imports(f) & {"gradio", "plotly", "pandas"}, f
+
+
+def test_events_are_stdlib_only():
+    assert _imports(ROOT / "specviz" / "events.py") <= {"__future__", "json", "dataclasses", "typing"}

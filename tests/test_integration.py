@@ -1,0 +1,52 @@
+"""The embedded pair, offline: greedy speculative output equals plain greedy on real prompts (float32, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from specviz.cli import aggregate, bench_rows, format_table
+from specviz.config import GenConfig
+from specviz.engine import run
+from specviz.models import load_pair
+from specviz.proposers import build_proposer
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "Write a Python function `is_prime(n)` that returns True when n is a prime number.",
+    "Translate into French: The weather will be sunny in the morning.",
+    "A shop sells apples at 3 for 2 euros. How much do 27 apples cost?",
+]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    p = load_pair("qwen-coder-1.5b")  # builds the cache on first use (minutes), then loads in seconds
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_embedded_pair_greedy_speculative_equals_plain(pair, prompt):
+    ids = pair.codec.encode(prompt)
+    cfg = GenConfig(gamma=4, max_new_tokens=32)
+    kw = dict(eos_ids=pair.codec.eos_ids, piece=pair.codec.piece)
+    plain = run(pair.target, None, ids, cfg, **kw).run()
+    spec = run(pair.target, build_proposer("draft", pair, cfg), ids, cfg, **kw).run()
+    assert spec.output_ids == plain.output_ids
+    assert spec.acceptance_rate > 0.3  # the real draft agrees with the real target most of the time
+    assert spec.tokens_per_step > 1.5
+    assert pair.codec.decode(plain.output_ids).strip()
+
+
+def test_chat_template_is_applied(pair):
+    ids = pair.codec.encode("hi")
+    assert "<|im_start|>assistant" in pair.codec.tok.decode(ids)
+
+
+def test_bench_table_on_embedded_pair(pair):
+    rows = bench_rows(pair, [("code", "is_prime", PROMPTS[0])], ["draft"], GenConfig(gamma=4, max_new_tokens=16))
+    table = format_table(aggregate(rows, "suite"))
+    assert [r["strategy"] for r in rows] == ["plain", "draft"]
+    assert rows[1]["identical"] is True and rows[1]["speedup"] > 0
+    assert "| code  | draft" in table
