@@ -14,7 +14,7 @@ from specviz.events import RunSummary, StepEvent, TokenEvent
 from specviz.metrics import summarize
 from specviz.models import LM
 from specviz.proposers.base import NoProposer, Outcome, Proposal, Proposer
-from specviz.sampling import Sampler, residual, tv_distance
+from specviz.sampling import Sampler, at_least_fp32, residual, tv_distance
 from specviz.verify import Verdict, greedy_verify, speculative_verify
 
 Hook = Callable[[StepEvent], None]
@@ -141,7 +141,7 @@ class SpecRun:
 
     def _verify(self, last: int, prop: Proposal, sampler: Sampler) -> tuple[torch.Tensor, Verdict, torch.Tensor | None]:
         """Step 2 and 3: ONE target pass over [last] + drafts, then the rule. -> logits (k+1, V), verdict, p or None."""
-        logits = self.target.forward([last] + prop.ids).float()  # (k+1, V)
+        logits = at_least_fp32(self.target.forward([last] + prop.ids))  # (k+1, V)
         draft = prop.tensor.to(logits.device)  # (k,)
         need_p = not sampler.greedy or (self.instrument and (bool(prop.ids) or self.detail_top > 0))
         p = sampler.probs(logits) if need_p else None  # (k+1, V)
@@ -192,6 +192,11 @@ class SpecRun:
         res = residual(p_row, q_row) if rejected and q_row is not None else None
         score = p_row if q_row is None else torch.maximum(p_row, q_row)
         top = torch.topk(score, min(self.detail_top, score.shape[-1])).indices  # (N,)
+        # the rejected guess and the target's own token always appear, even outside the top N
+        must = [t.id for t in tokens if t.origin in ("rejected", "resampled", "bonus")]
+        extra = [m for m in must if m not in top.tolist()]
+        if extra:
+            top = torch.cat([top, torch.tensor(extra, device=top.device)])
         prev = ctx + prop.ids[:kept]
         return {
             "position": kept,

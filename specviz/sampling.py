@@ -23,7 +23,12 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 def probs_from_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """The distribution a sampler draws from; applied identically to target (p) and draft (q). (..., V) -> (..., V)."""
     t = temperature if temperature > 0 else 1.0
-    return torch.softmax(filter_logits(logits.float() / t, top_k, top_p), dim=-1)
+    return torch.softmax(filter_logits(at_least_fp32(logits) / t, top_k, top_p), dim=-1)
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 -> float32; float32 and float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

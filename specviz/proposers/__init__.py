@@ -1,25 +1,127 @@
-"""Strategies that guess the target's next tokens, by name; build_proposer() makes one for a loaded pair."""
+"""Strategies that guess the target's next tokens, by name; build_proposer() makes one for a loaded pair.
+
+Strategies and their knobs (GenConfig.options; a bad value is a ConfigError naming the knob; knobs of other
+strategies are ignored, so one options dict can serve while switching strategy; an unknown knob is an error):
+
+  plain      no guesses: one target pass per token (the baseline).
+  draft      a smaller draft model (needs a preset with one).
+             adaptive (bool, false): the draft length follows the heuristic schedule (+2 after a fully accepted
+                 step, -1 after a rejection, within [1, max_gamma]); gamma is the starting length.
+             max_gamma (int, default 32): the ceiling of that schedule.
+             confidence (float in [0, 1), 0 = off): stop drafting after a token whose draft top probability
+                 (of the processed distribution) is below this.
+  ngram      prompt lookup: copy what followed the longest recent n-gram match in the context. No model call.
+             ngram_max (int 1..32, default 3), ngram_min (int 1..ngram_max, default 1): the n-gram sizes tried,
+                 longest first.
+  random     blind uniform guesses with a generator seeded from GenConfig.seed; q = uniform. No knobs.
+  jacobi     the target's own predictions from its previous pass are the next guesses (Jacobi iteration), plus a
+             pool of n-grams the target produced (a one-candidate lookahead decoding).
+             pool_ngram (int 0..8, default 3): n-gram order of that pool (keys of up to N-1 tokens); 0 = plain Jacobi.
+  layerskip  the target with some decoder layers skipped drafts for itself (self-speculative).
+             exit_layer (int 1..L): early exit, run layers 0..exit_layer-1 only.
+             skip (list of layer indices, or "auto"): skip these layers; "auto" runs search_skip_layers() on each
+                 new prompt (about L * L/2 partial passes over the prompt, slow on big models).
+             Neither given: skip every other layer of the second half, never the last (layer_skip.default_skip).
+             Also adaptive, max_gamma, confidence as for draft.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from specviz.config import ConfigError, GenConfig
+from specviz.config import MAX_GAMMA, ConfigError, GenConfig
+from specviz.proposers.adaptive import AdaptiveGamma
 from specviz.proposers.base import NoProposer, Outcome, Proposal, Proposer
 from specviz.proposers.draft_model import DraftModelProposer
+from specviz.proposers.jacobi import JacobiProposer
+from specviz.proposers.layer_skip import LayerSkipProposer, decoder_layers, kept_layers, search_skip_layers
+from specviz.proposers.ngram import NgramProposer, find_candidates
+from specviz.proposers.options import opt_bool, opt_float, opt_int, opt_layers
+from specviz.proposers.random_guess import RandomProposer
 
-STRATEGIES = ("draft", "plain")
+STRATEGIES = ("draft", "ngram", "jacobi", "layerskip", "random", "plain")
+
+_MODEL_KNOBS = ("adaptive", "max_gamma", "confidence")
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "plain": (),
+    "draft": _MODEL_KNOBS,
+    "ngram": ("ngram_max", "ngram_min"),
+    "random": (),
+    "jacobi": ("pool_ngram",),
+    "layerskip": ("exit_layer", "skip", *_MODEL_KNOBS),
+}
 
 
 def build_proposer(name: str, pair: Any, cfg: GenConfig) -> Proposer:
-    """A proposer for strategy `name` on a loaded ModelPair."""
+    """A proposer for strategy `name` on a loaded ModelPair (anything with .target, .draft, .preset)."""
+    if name not in OPTIONS:
+        raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    opts = dict(cfg.options or {})
+    known = {k for keys in OPTIONS.values() for k in keys}
+    unknown = sorted(k for k in opts if k not in known)
+    if unknown:
+        raise ConfigError(
+            f"unknown option {unknown[0]!r}; strategy {name!r} takes: {', '.join(OPTIONS[name]) or 'no options'}"
+        )
     if name == "plain":
         return NoProposer(cfg.gamma)
+    if name == "ngram":
+        hi = opt_int(opts, "ngram_max", 3, 1, 32, name)
+        lo = opt_int(opts, "ngram_min", 1, 1, hi, name)
+        return NgramProposer(cfg.gamma, hi, lo)
+    if name == "random":
+        return RandomProposer(pair.target.vocab_size, cfg.gamma, cfg.seed)
+    if name == "jacobi":
+        return JacobiProposer(cfg.gamma, opt_int(opts, "pool_ngram", 3, 0, 8, name))
+    confidence = opt_float(opts, "confidence", 0.0, 0.0, 1.0, name)
     if name == "draft":
         if pair.draft is None:
             raise ConfigError(f"preset {pair.preset!r} has no draft model: pick another strategy")
-        return DraftModelProposer(pair.draft, cfg.gamma)
-    raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+        prop: Proposer = DraftModelProposer(pair.draft, cfg.gamma, confidence)
+    else:
+        prop = _layer_skip(pair, cfg, opts, confidence)
+    if opt_bool(opts, "adaptive", False, name):
+        max_gamma = opt_int(opts, "max_gamma", MAX_GAMMA, cfg.gamma, MAX_GAMMA, name)
+        prop = AdaptiveGamma(prop, max_gamma)
+    elif "max_gamma" in opts:
+        opt_int(opts, "max_gamma", MAX_GAMMA, cfg.gamma, MAX_GAMMA, name)
+    return prop
 
 
-__all__ = ["STRATEGIES", "DraftModelProposer", "NoProposer", "Outcome", "Proposal", "Proposer", "build_proposer"]
+def _layer_skip(pair: Any, cfg: GenConfig, opts: dict[str, Any], confidence: float) -> LayerSkipProposer:
+    name = "layerskip"
+    n = len(decoder_layers(pair.target.model))
+    exit_layer = opt_int(opts, "exit_layer", n, 1, n, name) if "exit_layer" in opts else None
+    if isinstance(opts.get("skip"), str) and opts["skip"] != "auto":
+        raise ConfigError(
+            f"option 'skip' of strategy 'layerskip' must be a list of layer indices or 'auto', got {opts['skip']!r}"
+        )
+    if opts.get("skip") == "auto":
+        if exit_layer is not None:
+            raise ConfigError("options 'skip': 'auto' and 'exit_layer' do not combine: the search picks the layers")
+        prop = LayerSkipProposer(pair.target, None, cfg.gamma, auto=True)
+    elif "skip" in opts or exit_layer is not None:
+        prop = LayerSkipProposer(pair.target, kept_layers(n, exit_layer, opt_layers(opts, "skip", n, name)), cfg.gamma)
+    else:
+        prop = LayerSkipProposer(pair.target, None, cfg.gamma)
+    prop.confidence = confidence
+    return prop
+
+
+__all__ = [
+    "OPTIONS",
+    "STRATEGIES",
+    "AdaptiveGamma",
+    "DraftModelProposer",
+    "JacobiProposer",
+    "LayerSkipProposer",
+    "NgramProposer",
+    "NoProposer",
+    "Outcome",
+    "Proposal",
+    "Proposer",
+    "RandomProposer",
+    "build_proposer",
+    "find_candidates",
+    "search_skip_layers",
+]

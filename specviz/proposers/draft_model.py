@@ -8,7 +8,7 @@ import torch
 
 from specviz.models import LM
 from specviz.proposers.base import Proposal, Proposer, common_prefix_len
-from specviz.sampling import Sampler
+from specviz.sampling import Sampler, at_least_fp32
 
 
 class DraftModelProposer(Proposer):
@@ -37,7 +37,7 @@ class DraftModelProposer(Proposer):
         ids: list[int] = []
         qs: list[torch.Tensor] = []
         for _ in range(k):
-            logits = self.lm.forward(new, keep=1)[-1].float()  # (V,)
+            logits = at_least_fp32(self.lm.forward(new, keep=1)[-1])  # (V,)
             self.fed += new
             probs = sampler.probs(logits)  # (V,)
             tok = int(sampler.pick(probs, logits))

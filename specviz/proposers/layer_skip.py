@@ -1,0 +1,179 @@
+"""Self-speculative layer-skip proposer: the draft is the target itself running only some of its decoder layers (then
+its own final norm and LM head), with its own KV cache; no second model and no extra weights.
+
+Two ways to choose the layers, combinable: early exit (keep layers 0..exit_layer-1; LayerSkip, Elhoushi et al. 2024,
+trains models for this, an untrained model exits poorly) and skipping chosen middle layers (Draft & Verify, Zhang et
+al. 2024, which skips attention and MLP sub-layers separately; we skip whole layers). search_skip_layers() picks a
+skip set greedily on a calibration text. The draft shares every weight with the target: layer_view() builds a
+shallow copy of the model whose layer list holds re-indexed shallow copies of the kept layers (so the draft's
+DynamicCache has one slot per kept layer) and whose config says how many there are.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from specviz.config import ConfigError
+from specviz.models import LM
+from specviz.proposers.draft_model import DraftModelProposer
+from specviz.sampling import tv_distance
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layer list of a transformers causal LM (model.model.layers)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ConfigError(f"layer skip needs a decoder with model.model.layers; {type(model).__name__} has none")
+    return layers
+
+
+def kept_layers(n_layers: int, exit_layer: int | None = None, skip: Sequence[int] = ()) -> list[int]:
+    """Indices of the layers the draft runs: those below exit_layer (all when None) that are not in skip."""
+    top = n_layers if exit_layer is None else exit_layer
+    kept = [i for i in range(top) if i not in set(skip)]
+    if not kept:
+        raise ConfigError(f"layer skip keeps no layer (exit_layer={exit_layer}, skip={list(skip)}): keep at least one")
+    return kept
+
+
+def default_skip(n_layers: int) -> list[int]:
+    """Every other layer of the second half, never the last (about a quarter of the depth); a rule of thumb, since
+    deeper layers tend to be the most redundant (Gromov et al. 2024). Two or three layers: skip the one before last."""
+    return list(range(n_layers // 2, n_layers - 1, 2)) or ([n_layers - 2] if n_layers >= 2 else [])
+
+
+def _shallow(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy sharing parameters, buffers and children, with its own child table (so children can be swapped)."""
+    c = copy.copy(module)
+    c.__dict__["_modules"] = dict(module._modules)
+    return c
+
+
+def layer_view(model: torch.nn.Module, kept: Sequence[int]) -> torch.nn.Module:
+    """The model running only layers `kept` (in order), sharing all weights; its config has len(kept) layers."""
+    layers = decoder_layers(model)
+    cfg = copy.deepcopy(model.config)
+    cfg.num_hidden_layers = len(kept)
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = [cfg.layer_types[i] for i in kept]
+    view_layers = []
+    for new_idx, i in enumerate(kept):
+        layer = _shallow(layers[i])
+        attn = copy.copy(layer.self_attn)
+        attn.layer_idx = new_idx  # the cache slot this layer writes: slots must follow the kept layers 0..k-1
+        layer._modules["self_attn"] = attn
+        view_layers.append(layer)
+    inner = _shallow(model.model)
+    inner._modules["layers"] = torch.nn.ModuleList(view_layers)
+    inner.config = cfg
+    outer = _shallow(model)
+    outer._modules["model"] = inner
+    outer.config = cfg
+    return outer
+
+
+def relative_cost(model: torch.nn.Module, kept: Sequence[int]) -> float:
+    """Cost of a draft pass over a target pass, by weights read: (kept layers + LM head) / (all layers + LM head)."""
+    sizes = [_weights(layer) for layer in decoder_layers(model)]
+    head = _weights(model.get_output_embeddings())
+    return (sum(sizes[i] for i in kept) + head) / (sum(sizes) + head)
+
+
+def _weights(module: torch.nn.Module) -> int:
+    """Parameters and buffers (oneDNN's fast path turns Linear weights into buffers)."""
+    return sum(t.numel() for t in module.parameters()) + sum(t.numel() for t in module.buffers())
+
+
+def expected_speedup(alpha: float, gamma: int, cost: float) -> float:
+    """Leviathan et al. 2023: E[tokens per step] (1 - alpha^(gamma+1)) / (1 - alpha) over cost per step gamma*c + 1."""
+    tokens = gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+    return tokens / (gamma * cost + 1)
+
+
+@dataclass
+class SkipSearch:
+    """The chosen skip set and its measured alpha, cost and estimated speedup; history: every step of the search."""
+
+    skip: list[int]
+    alpha: float
+    cost: float
+    speedup: float
+    history: list[dict] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def search_skip_layers(
+    model: torch.nn.Module,
+    calib_ids: Sequence[int],
+    gamma: int = 4,
+    rule: str = "greedy",
+    max_skip: int | None = None,
+    min_skip: int = 1,
+    candidates: Sequence[int] | None = None,
+) -> SkipSearch:
+    """Greedily grow a skip set on a calibration text, maximising the estimated speedup. Each round tries every
+    remaining candidate layer and adds the one with the best score; after max_skip rounds (default half the depth)
+    the best set seen with at least min_skip layers wins. alpha is measured teacher-forced on calib_ids: the rate
+    at which the draft's argmax equals the target's (rule 'greedy'), or the mean 1 - TV(p, q) (rule 'sample');
+    cost is relative_cost(). About n_layers * max_skip partial forward passes over calib_ids."""
+    n = len(decoder_layers(model))
+    max_skip = min(n - 1, n // 2 if max_skip is None else max_skip)
+    cands = list(range(n)) if candidates is None else sorted(set(candidates))
+    x = torch.tensor([list(calib_ids)], device=next(model.parameters()).device)  # (1, T)
+    target = model(input_ids=x, use_cache=False).logits[0].float()  # (T, V)
+    p, best_p = torch.softmax(target, -1), target.argmax(-1)
+
+    def measure(skip: list[int]) -> dict:
+        kept = kept_layers(n, None, skip)
+        logits = layer_view(model, kept)(input_ids=x, use_cache=False).logits[0].float()  # (T, V)
+        if rule == "greedy":
+            alpha = (logits.argmax(-1) == best_p).float().mean().item()
+        else:
+            alpha = (1 - tv_distance(p, torch.softmax(logits, -1))).mean().item()
+        cost = relative_cost(model, kept)
+        return {"skip": sorted(skip), "alpha": alpha, "cost": cost, "speedup": expected_speedup(alpha, gamma, cost)}
+
+    skip: list[int] = []
+    history = [measure(skip)]
+    for _ in range(max_skip):
+        trials = [measure(skip + [i]) for i in cands if i not in skip]
+        if not trials:
+            break
+        step = max(trials, key=lambda t: t["speedup"])
+        skip = step["skip"]
+        history.append(step)
+    pool = [h for h in history if len(h["skip"]) >= min_skip] or history
+    best = max(pool, key=lambda h: h["speedup"])
+    return SkipSearch(best["skip"], best["alpha"], best["cost"], best["speedup"], history)
+
+
+class LayerSkipProposer(DraftModelProposer):
+    """A DraftModelProposer whose draft is layer_view(target, kept). auto=True: search_skip_layers() on each new
+    prompt at reset() (the result is kept per prompt), instead of a fixed set."""
+
+    name = "layerskip"
+
+    def __init__(self, target: LM, kept: Sequence[int] | None = None, gamma: int = 4, auto: bool = False) -> None:
+        self.model = target.model
+        self.n_layers = len(decoder_layers(self.model))
+        self.kept = list(kept) if kept is not None else kept_layers(self.n_layers, None, default_skip(self.n_layers))
+        self.auto, self.search_gamma = auto, gamma
+        self.search: SkipSearch | None = None
+        self._searched: dict[tuple[int, ...], SkipSearch] = {}
+        super().__init__(LM(layer_view(self.model, self.kept), "layerskip"), gamma)
+
+    def reset(self, prompt_ids: Sequence[int]) -> None:
+        if self.auto and len(prompt_ids) > 1:
+            key = tuple(prompt_ids)
+            if key not in self._searched:
+                self._searched[key] = search_skip_layers(self.model, prompt_ids, gamma=self.search_gamma)
+            self.search = self._searched[key]
+            kept = kept_layers(self.n_layers, None, self.search.skip)
+            if kept != self.kept:
+                self.kept = kept
+                self.lm = LM(layer_view(self.model, kept), "layerskip")
+        super().reset(prompt_ids)

@@ -1,0 +1,294 @@
+"""Drives the real app (python app.py --preset tiny-random) in Debian's chromium through Playwright: a run with every
+token class and live charts, tooltips, Stop, an empty prompt, three Steps, Compare, and screenshots (light, dark, a
+long code answer) saved under tests/artifacts/."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = os.environ.get("SPECVIZ_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ADD_PROMPT = "def add(a, b):\n    return a + b\n"
+CLASSES = ("sv-accepted", "sv-rejected", "sv-not-reached", "sv-resampled", "sv-bonus")
+FIGURES = ("sv-fig-tput", "sv-fig-accept", "sv-fig-hist", "sv-fig-pos", "sv-fig-theory")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url() -> Iterator[str]:
+    """The app in a subprocess on a free port; its log is printed if it dies."""
+    port = _free_port()
+    log = ARTIFACTS / "app.log"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "app.py", "--preset", "tiny-random", "--port", str(port), "--threads", "1"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"app.py did not answer within 120 s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    assert "Traceback" not in log.read_text(), f"the app logged a traceback:\n{log.read_text()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium; missing chromium or Playwright is a failure, never a skip."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"chromium not found at {CHROMIUM}: install it (apt-get install chromium) or set SPECVIZ_CHROMIUM")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        pytest.fail(f"the playwright Python package is missing ({e}): pip install playwright")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, dark: bool = False, width: int = 1400, height: int = 1000):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(60_000)
+    page.goto(url + ("/?__theme=dark" if dark else "/?__theme=light"))
+    page.wait_for_selector("#sv-model-status .sv-ok", timeout=120_000)
+    return page
+
+
+def set_number(page, elem_id: str, value: float | int) -> None:
+    """Type into a slider's or number field's number input and commit it."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def set_prompt(page, text: str) -> None:
+    page.locator("#sv-prompt textarea").fill(text)
+
+
+def choose_rule(page, label: str) -> None:
+    page.locator("#sv-rule label", has_text=label).click()
+
+
+def wait_status(page, pattern: str, selector: str = "#sv-run-status", timeout: float = 90) -> str:
+    """Wait until the status text matches `pattern` (regex); return it."""
+    deadline = time.time() + timeout
+    text = ""
+    while time.time() < deadline:
+        text = page.locator(selector).inner_text()
+        if re.search(pattern, text, re.I):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"status never matched {pattern!r}; last: {text!r}")
+
+
+def figure_points(page, elem_id: str) -> list[int]:
+    """Number of points in each trace of the Plotly figure drawn in #elem_id."""
+    return page.evaluate(
+        """(id) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');
+                     return el && el.data ? el.data.map(t => (t.y || []).length) : null; }""",
+        elem_id,
+    )
+
+
+def wait_figure(page, elem_id: str, traces: int) -> list[int]:
+    """Wait until the figure in #elem_id has `traces` traces (Plotly draws asynchronously); return their sizes."""
+    page.wait_for_function(
+        """([id, n]) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');
+                          return el && el.data && el.data.length === n; }""",
+        arg=[elem_id, traces],
+    )
+    return figure_points(page, elem_id)
+
+
+def emitted_count(page) -> int:
+    return page.locator("#sv-stream .sv-tok:not(.sv-rejected):not(.sv-not-reached)").count()
+
+
+def test_run_shows_every_token_class_charts_and_summary(browser, app_url):
+    page = open_page(browser, app_url)
+    set_prompt(page, ADD_PROMPT)
+    page.click("#sv-run")
+    status = wait_status(page, r"^\W*ok\W+done")
+    assert "identical to plain" in status  # greedy is lossless
+    for cls in CLASSES:
+        assert page.locator(f"#sv-stream .{cls}").count() > 0, f"no token styled {cls}"
+    # the prompt and its newline/indentation survive as text
+    assert page.locator("#sv-stream .sv-prompt").inner_text() == ADD_PROMPT
+    tput = wait_figure(page, "sv-fig-tput", 2)  # the speculative run and the plain baseline
+    assert min(tput) > 1, tput
+    for fig in FIGURES:
+        points = figure_points(page, fig)
+        assert points and max(points) > 0, f"{fig} holds no data: {points}"
+    speed = page.locator("#sv-kpis [data-kpi=speedup] b").inner_text()
+    assert re.fullmatch(r"\d+\.\d\dx", speed), speed
+    table = page.locator("#sv-summary").inner_text()
+    assert "plain decoding (baseline)" in table and "speculative" in table
+    assert page.locator("#sv-theory .sv-why").inner_text().startswith("Drafting costs")
+    # hovering a rejected token shows step, position, p, q, min(1, p/q) and the verdict
+    page.locator("#sv-stream .sv-rejected").first.hover()
+    tip = page.locator("#sv-tooltip")
+    tip.wait_for(state="visible")
+    text = tip.inner_text()
+    for part in ("step ", "draft position", "p (target) =", "q (draft)  =", "min(1, p/q) =", "rejected"):
+        assert part in text, f"tooltip lacks {part!r}: {text!r}"
+    page.screenshot(path=str(ARTIFACTS / "run-light.png"), full_page=True)
+    page.locator("#sv-stream").screenshot(path=str(ARTIFACTS / "stream-light.png"))
+    # both downloads are offered
+    assert page.locator("#sv-dl-trace").is_enabled() and page.locator("#sv-dl-csv").is_enabled()
+    page.close()
+
+
+def test_stop_ends_a_long_run_and_leaves_the_app_ready(browser, app_url):
+    page = open_page(browser, app_url)
+    other = open_page(browser, app_url)  # a second visitor
+    set_number(other, "sv-max-new", 20)
+    set_number(page, "sv-max-new", 1800)
+    page.click("#sv-run")
+    page.wait_for_function("document.querySelectorAll('#sv-stream .sv-tok').length > 40")
+    # the second visitor waits in the queue (one generation per loaded model) and sees the position
+    other.click("#sv-run")
+    wait_status(other, r"queue: \d+/\d+", timeout=30)
+    page.click("#sv-stop")
+    status = wait_status(page, r"stopped after (\d+) tokens", timeout=30)
+    n = int(re.search(r"stopped after (\d+) tokens", status).group(1))
+    assert 0 < n < 1800
+    wait_status(other, r"done: 20 tokens")  # the waiting visitor's run went through
+    other.close()
+    # ready again: a short run goes through
+    set_number(page, "sv-max-new", 24)
+    page.click("#sv-run")
+    wait_status(page, r"done: 24 tokens")
+    page.close()
+
+
+def test_empty_prompt_shows_an_error_and_keeps_results(browser, app_url):
+    page = open_page(browser, app_url)
+    set_prompt(page, ADD_PROMPT)
+    set_number(page, "sv-max-new", 30)
+    page.click("#sv-run")
+    wait_status(page, r"done")
+    before = emitted_count(page)
+    set_prompt(page, "   ")
+    page.click("#sv-run")
+    status = wait_status(page, r"prompt is empty")
+    assert page.locator("#sv-run-status .sv-error").count() == 1, status
+    assert "Traceback" not in page.content()
+    assert emitted_count(page) == before, "an error must not wipe the previous results"
+    # an out-of-range setting is named too
+    set_prompt(page, ADD_PROMPT)
+    choose_rule(page, "speculative sampling")
+    set_number(page, "sv-temperature", 0)
+    page.click("#sv-run")
+    wait_status(page, r"temperature 0 means greedy")
+    page.close()
+
+
+def test_step_mode_walks_three_steps(browser, app_url):
+    page = open_page(browser, app_url)
+    set_prompt(page, ADD_PROMPT)
+    choose_rule(page, "speculative sampling")
+    set_number(page, "sv-max-new", 40)
+    for k in (1, 2, 3):
+        page.click("#sv-step")
+        page.wait_for_selector(f"#sv-step-panel .sv-steppanel[data-step='{k}']")
+        panel = page.locator("#sv-step-panel").inner_text()
+        assert "Draft proposes" in panel and "Target checks" in panel and "Verdict" in panel
+        assert page.locator("#sv-stream .sv-current").count() == 1
+        assert page.locator("#sv-stream .sv-step").count() == k
+    # step 3 of this seeded run rejects a draft: the chart shows p, q and the residual the correction comes from
+    assert "Correction" in page.locator("#sv-step-panel").inner_text()
+    wait_figure(page, "sv-fig-step", 3)
+    names = page.evaluate("document.querySelector('#sv-fig-step .js-plotly-plot').data.map(t => t.name)")
+    assert names == ["p (target)", "q (draft)", "residual norm(max(0, p - q))"]
+    page.locator("#sv-stepmode").screenshot(path=str(ARTIFACTS / "step-mode.png"))
+    page.close()
+
+
+def test_dark_mode_long_code_answer(browser, app_url):
+    page = open_page(browser, app_url, dark=True)
+    assert page.evaluate("document.body.classList.contains('dark')")
+    set_number(page, "sv-max-new", 600)
+    page.click("#sv-run")  # the default prompt is the first code example
+    wait_status(page, r"done: 600 tokens", timeout=180)
+    page.locator("#sv-stream .sv-resampled").first.hover()
+    page.locator("#sv-tooltip").wait_for(state="visible")
+    page.screenshot(path=str(ARTIFACTS / "run-dark.png"), full_page=True)
+    page.locator("#sv-stream").screenshot(path=str(ARTIFACTS / "long-code-dark.png"))
+    page.close()
+    light = open_page(browser, app_url)
+    set_number(light, "sv-max-new", 600)
+    light.click("#sv-run")
+    wait_status(light, r"done: 600 tokens", timeout=180)
+    light.locator("#sv-stream").screenshot(path=str(ARTIFACTS / "long-code-light.png"))
+    light.close()
+
+
+def test_compare_two_strategies(browser, app_url):
+    from specviz.proposers import STRATEGIES
+
+    two = [s for s in STRATEGIES if s != "plain"][:2]
+    assert len(two) == 2, f"need two drafting strategies, have {STRATEGIES}"
+    page = open_page(browser, app_url)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#cmp-prompt textarea").fill(ADD_PROMPT)
+    boxes = page.locator("#cmp-strategies label")
+    for i in range(boxes.count()):
+        label = boxes.nth(i)
+        want = label.inner_text().strip() in two
+        if label.locator("input").is_checked() != want:
+            label.click()
+    page.click("#cmp-run")
+    wait_status(page, r"done", selector="#cmp-status", timeout=120)
+    table = page.locator("#cmp-table").inner_text()
+    for name in [*two, "plain"]:
+        assert name in table
+    assert table.count("yes") >= 2, "greedy outputs must equal plain token for token"
+    assert [c.get_attribute("data-run") for c in page.locator("#cmp-outputs .sv-col").all()] == [*two, "plain"]
+    assert wait_figure(page, "cmp-chart", 2) == [3, 3]
+    page.screenshot(path=str(ARTIFACTS / "compare-light.png"), full_page=True)
+    page.close()
