@@ -9,6 +9,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import torch
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--strategies", default="draft", help="comma-separated strategies, or 'all'")
     b.add_argument("--limit", type=int, default=0, help="at most this many prompts per suite (0 = all)")
     b.add_argument("--json", action="store_true", help="print results as JSON")
+    b.add_argument("--save", default=None, metavar="FILE", help="also write the JSON results to FILE")
     _gen_args(b)
     return ap
 
@@ -292,10 +294,11 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         "config": cfg.to_dict(),
         "bench_s": round(time.perf_counter() - t0, 1),
     }
+    results = json.dumps({"meta": meta, "per_prompt": rows, "per_suite": by_suite, "overall": overall}, indent=1)
+    if args.save:
+        Path(args.save).write_text(results + "\n")
     if args.json:
-        out.write(
-            json.dumps({"meta": meta, "per_prompt": rows, "per_suite": by_suite, "overall": overall}, indent=1) + "\n"
-        )
+        out.write(results + "\n")
     else:
         out.write(
             f"preset {pair.preset} on {pair.device} ({meta['dtype']}, {meta['threads']} threads), rule {cfg.rule}, "
