@@ -14,9 +14,10 @@ from typing import Any, TextIO
 
 import torch
 
-from specviz.config import ConfigError, GenConfig, check_prompt, default_preset, suite_prompts
+from specviz.config import RELAX_FAMILIES, ConfigError, GenConfig, check_prompt, default_preset, suite_prompts
 from specviz.engine import run
 from specviz.events import RunSummary, StepEvent
+from specviz.lab import cli as lab_cli
 from specviz.metrics import first_divergence, with_plain
 from specviz.models import ModelPair, load_pair
 from specviz.proposers import STRATEGIES, build_proposer
@@ -35,6 +36,8 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--relax", type=float, default=0.0, help="relaxed acceptance, 0 (lossless) to 1; rule 'sample' only")
+    p.add_argument("--relax-family", default="linear", choices=RELAX_FAMILIES, help="the relaxed rule's family")
     p.add_argument(
         "--option",
         action="append",
@@ -63,7 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=0, help="at most this many prompts per suite (0 = all)")
     b.add_argument("--json", action="store_true", help="print results as JSON")
     b.add_argument("--save", default=None, metavar="FILE", help="also write the JSON results to FILE")
+    b.add_argument(
+        "--targets",
+        default=None,
+        help="instead of the strategy table, check speed targets: comma-separated from "
+        "baseline, overhead, assisted, speedups, startup, or 'all' (see specviz/targets.py)",
+    )
+    b.add_argument("--cold", action="store_true", help="with --targets startup: also time a cold start (minutes)")
+    b.add_argument("--ngram-gamma", type=int, default=8, help="with --targets speedups: prompt lookup's draft length")
     _gen_args(b)
+    lab_cli.add_parser(sub, _gen_args)
     return ap
 
 
@@ -89,6 +101,8 @@ def config_from(args: argparse.Namespace) -> GenConfig:
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
+        relax=args.relax,
+        relax_family=args.relax_family,
         options=parse_options(args.option),
     ).validated()
 
@@ -265,7 +279,66 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
+    """bench --targets: each chosen speed target measured as a ratio in this one run, with whether it holds."""
+    from specviz import targets as tg
+
+    cfg = config_from(args)
+    names = list(tg.TARGETS) if args.targets == "all" else [t.strip() for t in args.targets.split(",") if t.strip()]
+    bad = [t for t in names if t not in tg.TARGETS]
+    if bad:
+        raise ConfigError(f"unknown target {bad[0]!r}; known: {', '.join(tg.TARGETS)}, all")
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    preset = args.preset or default_preset()
+    rows: list[tg.TargetRow] = []
+    if "startup" in names:  # first, before this process holds a pair in memory
+        rows += tg.check_startup(preset, args.cold, log)
+    measured = [t for t in names if t != "startup"]
+    pair = load(args) if measured else None
+    if pair is not None:
+        ids = pair.codec.encode(suite_prompts(args.suite)[0][2])
+        tg._warm(pair, ids)
+    suite = args.suite if args.suite != "all" else "code"
+    for name in measured:
+        if name == "baseline":
+            rows.append(tg.check_baseline(pair, cfg, suite, args.limit, log))
+        elif name == "overhead":
+            rows.append(tg.check_overhead(pair, cfg, suite, args.limit, "draft", log))
+        elif name == "assisted":
+            rows += tg.check_assisted(pair, cfg, suite, args.limit, log)
+        elif name == "speedups":
+            rows += tg.check_speedups(pair, cfg, args.limit, args.ngram_gamma, log)
+    meta = {
+        "preset": preset,
+        "device": str(pair.device) if pair else "cpu",
+        "threads": torch.get_num_threads(),
+        "config": cfg.to_dict(),
+        "suite": suite,
+        "limit": args.limit,
+        "machine": f"{os.cpu_count()} cpus",
+    }
+    title = (
+        f"speed targets, preset {preset} on {meta['device']} ({meta['threads']} threads), greedy, gamma "
+        f"{cfg.gamma}, {cfg.max_new_tokens} new tokens, suite {suite}\n\n{tg.format_targets(rows)}\n"
+    )
+    if not _emit(args, out, {"meta": meta, "targets": [r.to_dict() for r in rows]}):
+        out.write(title)
+    return 0
+
+
+def _emit(args: argparse.Namespace, out: TextIO, results: dict[str, Any]) -> bool:
+    """Write the JSON results to --save, and to out with --json; True when out got the JSON."""
+    text = json.dumps(results, indent=1) + "\n"
+    if args.save:
+        Path(args.save).write_text(text)
+    if args.json:
+        out.write(text)
+    return bool(args.json)
+
+
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
+    if args.targets:
+        return cmd_targets(args, out)
     cfg = config_from(args)
     strategies = (
         [s for s in STRATEGIES if s != "plain"]
@@ -294,12 +367,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         "config": cfg.to_dict(),
         "bench_s": round(time.perf_counter() - t0, 1),
     }
-    results = json.dumps({"meta": meta, "per_prompt": rows, "per_suite": by_suite, "overall": overall}, indent=1)
-    if args.save:
-        Path(args.save).write_text(results + "\n")
-    if args.json:
-        out.write(results + "\n")
-    else:
+    if not _emit(args, out, {"meta": meta, "per_prompt": rows, "per_suite": by_suite, "overall": overall}):
         out.write(
             f"preset {pair.preset} on {pair.device} ({meta['dtype']}, {meta['threads']} threads), rule {cfg.rule}, "
             f"gamma {cfg.gamma}, {cfg.max_new_tokens} new tokens\n\n"
@@ -320,7 +388,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
-        return {"generate": cmd_generate, "bench": cmd_bench}[args.cmd](args, out)
+        return {"generate": cmd_generate, "bench": cmd_bench, "lab": lab_cli.cmd_lab}[args.cmd](args, out)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

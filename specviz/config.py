@@ -13,6 +13,8 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 MAX_GAMMA = 32
 MAX_NEW_TOKENS = 4096
 RULES = ("greedy", "sample")
+# relaxed acceptance families (specviz/lab/relaxed.py): each verifies against a mix of target p and draft q
+RELAX_FAMILIES = ("linear", "power", "geometric")
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,9 @@ class GenConfig:
     top_p: float = 1.0  # 1.0 = off
     max_new_tokens: int = 64
     seed: int = 0
+    # the quality/speed knob (rule 'sample' only): 0 = lossless speculative sampling; 1 = accept every guess
+    relax: float = 0.0
+    relax_family: str = "linear"
     options: dict[str, Any] = field(default_factory=dict)  # strategy-specific knobs (n-gram sizes, layers, ...)
 
     def validated(self) -> GenConfig:
@@ -51,6 +56,16 @@ class GenConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
         _check_int("seed", self.seed, 0, 2**63 - 1)
+        relax = self.relax
+        if isinstance(relax, bool) or not isinstance(relax, int | float) or math.isnan(relax) or not 0 <= relax <= 1:
+            raise ConfigError(f"relax must be a number from 0 (lossless) to 1 (accept every guess), got {relax!r}")
+        if self.relax_family not in RELAX_FAMILIES:
+            raise ConfigError(f"relax_family must be one of {', '.join(RELAX_FAMILIES)}, got {self.relax_family!r}")
+        if relax > 0 and self.rule != "sample":
+            raise ConfigError(
+                "relax applies to rule 'sample' (speculative sampling) only: greedy keeps a guess exactly when it "
+                "equals the target's top choice, so there is no acceptance probability to relax"
+            )
         return self
 
     def with_(self, **changes: Any) -> GenConfig:

@@ -6,18 +6,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from specviz.config import ConfigError, GenConfig
 from specviz.events import RunSummary, StepEvent, TokenEvent
+from specviz.lab import relaxed
 from specviz.metrics import summarize
 from specviz.models import LM
 from specviz.proposers.base import NoProposer, Outcome, Proposal, Proposer
 from specviz.sampling import Sampler, at_least_fp32, residual, tv_distance
-from specviz.verify import Verdict, greedy_verify, speculative_verify
+from specviz.verify import MultiVerdict, Verdict, greedy_verify, multi_draft_verify, multi_greedy_verify, relaxed_verify
 
 Hook = Callable[[StepEvent], None]
+
+
+@dataclass(frozen=True)
+class _Multi:
+    """One multi-draft verification: the M candidates, the rule's result, the kept candidate as a one-draft proposal,
+    the kept row's logits (k+1, V), and p over every row (M, k+1, V) or None."""
+
+    prop: Proposal
+    result: MultiVerdict
+    chosen: Proposal
+    logits: torch.Tensor
+    p_all: torch.Tensor | None
+
+    @property
+    def p(self) -> torch.Tensor | None:
+        return self.p_all[self.result.row] if self.p_all is not None else None
 
 
 class SpecRun:
@@ -79,7 +97,13 @@ class SpecRun:
             # never draft past the token budget: n accepted + 1 target token must fit
             prop = self.proposer.propose(ctx, cfg.max_new_tokens - len(out) - 1, sampler)
             t_verify = time.perf_counter()
-            logits, verdict, p = self._verify(ctx[-1], prop, sampler)
+            multi, n_drafted = None, len(prop.ids)
+            if prop.candidates is not None:  # several drafts: verify them all, then go on with the one kept
+                multi = self._verify_multi(ctx[-1], prop, sampler)
+                n_drafted = sum(len(c) for c in prop.candidates)  # every drafted token of every candidate
+                logits, verdict, p, prop = multi.logits, multi.result.verdict, multi.p, multi.chosen
+            else:
+                logits, verdict, p = self._verify(ctx[-1], prop, sampler)
             n, k = verdict.n_accepted, len(prop.ids)
             emitted = prop.ids[:n] + [verdict.token]
             hit_eos = next((j for j, t in enumerate(emitted) if t in self.eos), None)
@@ -87,14 +111,18 @@ class SpecRun:
                 emitted = emitted[: hit_eos + 1]
                 stop_reason = "eos"
             self.target.crop(len(ctx) + min(n, len(emitted)))  # ctx[-1] and the kept drafts stay cached
-            tokens = self._token_events(ctx, prop, verdict, emitted, p)
-            detail = self._detail(ctx, prop, tokens, p) if self.detail_top and p is not None else None
+            if multi is not None:
+                tokens = self._multi_token_events(ctx, multi, emitted)
+                detail = self._multi_detail(ctx, multi, tokens) if self.detail_top and p is not None else None
+            else:
+                tokens = self._token_events(ctx, prop, verdict, emitted, p)
+                detail = self._detail(ctx, prop, tokens, p) if self.detail_top and p is not None else None
             t_end = time.perf_counter()
             n_kept = sum(t.origin == "accepted" for t in tokens)
             ctx += emitted
             out += emitted
             self.proposer.update(Outcome(k, n_kept, len(ctx), logits))
-            drafted_total += k
+            drafted_total += n_drafted
             accepted_total += n_kept
             done = hit_eos is not None or len(out) >= cfg.max_new_tokens
             ev = StepEvent(
@@ -102,7 +130,7 @@ class SpecRun:
                 start=len(out) - len(emitted),
                 gamma=gamma,
                 tokens=tokens,
-                n_drafted=k,
+                n_drafted=n_drafted,
                 n_accepted=n_kept,
                 draft_ms=(t_verify - t_draft) * 1e3,
                 verify_ms=(t_end - t_verify) * 1e3,
@@ -148,7 +176,8 @@ class SpecRun:
         if sampler.greedy:
             return logits, greedy_verify(draft, logits), p
         q = prop.q.to(logits.device) if prop.q is not None else None
-        return logits, speculative_verify(draft, p, q, sampler), p
+        # relax = 0 (the default) is speculative_verify itself: the lossless rule, same random draws
+        return logits, relaxed_verify(draft, p, q, sampler, self.cfg.relax, self.cfg.relax_family), p
 
     def _token_events(
         self, ctx: list[int], prop: Proposal, verdict: Verdict, emitted: list[int], p: torch.Tensor | None
@@ -162,16 +191,19 @@ class SpecRun:
         stats: list[list[float]] = []
         if self.instrument and p is not None:
             stats = self._stats(prop, p, kept, emitted[-1] if final else None)
+        relax = self._relaxed(prop, p) if stats and k and self.cfg.relax > 0 else None
         events, prev = [], list(ctx)
         for i, (tok, origin) in enumerate(list(zip(prop.ids, origins)) + final):
-            px = qx = ratio = tv = None
+            px = qx = ratio = tv = drift = reject = None
             if stats:
                 px, qx = stats[0][i], stats[1][i] if stats[1][i] >= 0 else None
                 if i < k:
                     ratio, tv = min(1.0, px / qx) if qx else 0.0, stats[2][i]
+                    if relax:
+                        ratio, drift, reject = relax[0][i], relax[1][i], relax[2][i]
             text = self.piece(prev, tok) if self.instrument else ""
             pos = i if i < k else kept  # the target's token stands where the first rejection (or the end) was
-            events.append(TokenEvent(tok, text, origin, pos, px, qx, ratio, tv))  # type: ignore[arg-type]
+            events.append(TokenEvent(tok, text, origin, pos, px, qx, ratio, tv, drift, reject))  # type: ignore[arg-type]
             if origin == "accepted":
                 prev.append(tok)
         return events
@@ -206,6 +238,88 @@ class SpecRun:
             "q": q_row[top].tolist() if q_row is not None else None,
             "residual": res[top].tolist() if res is not None else None,
         }
+
+    def _relaxed(self, prop: Proposal, p: torch.Tensor) -> list[list[float]]:
+        """Relaxed rule only, per draft position: a(x) of the drafted x, the exact drift TV(the rule's output, p) and
+        the exact rejection probability."""
+        k = len(prop.ids)
+        draft = prop.tensor.to(p.device)  # (k,)
+        q = prop.q if prop.q is not None else torch.nn.functional.one_hot(draft, p.shape[-1])
+        q = q.to(p.device, p.dtype)  # (k, V)
+        lam, family = self.cfg.relax, self.cfg.relax_family
+        accept = relaxed.acceptance(p[:k], q, lam, family)[torch.arange(k, device=p.device), draft]
+        rows = [accept, relaxed.drift(p[:k], q, lam, family), relaxed.rejection_prob(p[:k], q, lam, family)]
+        return torch.stack(rows).tolist()
+
+    def _verify_multi(self, last: int, prop: Proposal, sampler: Sampler) -> _Multi:
+        """Several drafts: ONE batched target pass over M rows of [last] + candidate, the multi-draft rule, then only
+        the kept row's cache stays (the caller crops it as for one draft)."""
+        cands = prop.candidates or []
+        logits = at_least_fp32(self.target.forward_rows([[last] + c for c in cands]))  # (M, k+1, V)
+        p = sampler.probs(logits) if not sampler.greedy or self.instrument else None  # (M, k+1, V)
+        q = prop.candidate_q.to(logits.device, logits.dtype) if prop.candidate_q is not None else None  # (M, k, V)
+        ids = torch.tensor(cands, device=logits.device)  # (M, k)
+        res = multi_greedy_verify(ids, logits) if sampler.greedy else multi_draft_verify(ids, p, q, sampler)
+        self.target.select_row(res.row)
+        chosen = Proposal(list(cands[res.row]), q[res.row] if q is not None else None)
+        return _Multi(prop, res, chosen, logits[res.row], p)
+
+    def _multi_token_events(self, ctx: list[int], mv: _Multi, emitted: list[int]) -> list[TokenEvent]:
+        """Several drafts: every try in the order made (accepted, or rejected), the kept candidate's unchecked tail
+        (not_reached), then the target's token. Under sampling a try's accept_prob and tv are the rule's own at that
+        try: min(1, p'(x)/q(x)) and TV(p', q), p' being p after the rejections before it (so TV sums to the expected
+        rejected tries); under greedy they are from p, for display, as with one draft."""
+        res, verdict, chosen = mv.result, mv.result.verdict, mv.chosen
+        n, k = verdict.n_accepted, len(chosen.ids)
+        kept = min(n, len(emitted))  # an EOS inside the accepted run cuts it short: later tries are not shown
+        final = len(emitted) > kept
+        tries = [t for t in res.tries if final or t.position < kept]
+        rows = [(t.row, t.position, t.token, "accepted" if t.accepted else "rejected") for t in tries]
+        rows += [(res.row, i, chosen.ids[i], "not_reached") for i in range(n + 1 if final else kept, k)]
+        if final:
+            rows.append((res.row, n, emitted[-1], verdict.origin))
+        stats: list[list[float]] = []
+        if self.instrument and mv.p_all is not None:
+            dev = mv.p_all.device
+            r, i, x = (torch.tensor(c, device=dev) for c in list(zip(*rows))[:3])
+            ic = i.clamp_max(k - 1)
+            has_q = i < k  # a bonus token has no draft distribution
+            px = mv.p_all[r, i, x]  # (E,)
+            if mv.prop.candidate_q is not None:
+                q = mv.prop.candidate_q.to(dev, px.dtype)
+                qx = torch.where(has_q, q[r, ic, x], -torch.ones_like(px))
+                tv = torch.where(has_q, tv_distance(mv.p_all[r, ic], q[r, ic]), torch.zeros_like(px))
+            else:  # q = one-hot on each guess
+                qx = torch.where(has_q, torch.ones_like(px), -torch.ones_like(px))
+                tv = torch.where(has_q, 1 - px, torch.zeros_like(px))
+            stats = torch.stack([px, qx, tv]).tolist()
+        events, prev = [], list(ctx)
+        for e, (_, pos, tok, origin) in enumerate(rows):
+            px = qx = ratio = tv = None
+            if stats:
+                px, qx = stats[0][e], stats[1][e] if stats[1][e] >= 0 else None
+                if origin in ("accepted", "rejected", "not_reached"):
+                    ratio, tv = min(1.0, px / qx) if qx else 0.0, stats[2][e]
+                if e < len(tries) and tries[e].accept_prob is not None:
+                    ratio, tv = tries[e].accept_prob, tries[e].tv
+            text = self.piece(prev, tok) if self.instrument else ""
+            events.append(
+                TokenEvent(id=tok, text=text, origin=origin, draft_pos=pos, p=px, q=qx, accept_prob=ratio, tv=tv)  # type: ignore[arg-type]
+            )
+            if origin == "accepted":
+                prev.append(tok)
+        return events
+
+    def _multi_detail(self, ctx: list[int], mv: _Multi, tokens: list[TokenEvent]) -> dict:
+        """_detail at the position where the target spoke, with the tokens tried there; the residual shown is the one
+        the correction was drawn from (after every rejection at that position)."""
+        kept = sum(t.origin == "accepted" for t in tokens)
+        here = [t for t in tokens if t.origin == "accepted" or t.draft_pos == kept]
+        assert mv.p is not None
+        detail = self._detail(ctx, mv.chosen, here, mv.p)
+        if mv.result.residual is not None and detail["residual"] is not None:
+            detail["residual"] = mv.result.residual[detail["token_ids"]].tolist()
+        return detail
 
     @staticmethod
     def _stats(prop: Proposal, p: torch.Tensor, kept: int, final: int | None) -> list[list[float]]:

@@ -23,8 +23,10 @@ class TokenEvent:
     draft_pos: int  # position in this step's draft (0-based); the target's token has pos = n_accepted
     p: float | None = None
     q: float | None = None
-    accept_prob: float | None = None  # min(1, p/q) for drafted tokens (q = 1 when the proposer has none)
+    accept_prob: float | None = None  # min(1, p/q) for drafted tokens (q = 1 when the proposer has none); relaxed: a(x)
     tv: float | None = None  # total-variation distance between p and q at this position
+    drift: float | None = None  # relaxed rule only (GenConfig.relax > 0): exact TV(the rule's output distribution, p)
+    reject_prob: float | None = None  # relaxed rule only: the exact probability that this position rejects
 
     @property
     def emitted(self) -> bool:

@@ -44,7 +44,8 @@ def summarize(
         verify_ms=verify_ms,
         cost_ratio=cost_ratio(steps),
         tv_sum=sum(t.tv for t in reached),  # type: ignore[misc]
-        rejections=sum(s.rejected for s in steps),
+        # rejected drafted tokens: one per step at most with one draft; every rejected try with several drafts
+        rejections=sum(t.origin == "rejected" for s in steps for t in s.tokens),
         stop_reason=stop_reason,
         output_ids=list(output_ids),
         text=text,

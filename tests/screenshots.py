@@ -1,6 +1,6 @@
-"""Takes README screenshots of the real app: `python tests/screenshots.py [--preset NAME] [--out assets]` starts
-app.py (default: the embedded pair), runs the first code prompt and saves full-page PNGs. Not a test: it needs the
-real models and minutes of CPU."""
+"""Takes README screenshots of the real app: `python tests/screenshots.py [--preset NAME] [--tabs run,lab]` starts
+app.py (default: the embedded pair), runs the first code prompt (Run tab) and every Theory lab part, and saves PNGs
+under assets/. Not a test: it needs the real models and many minutes of CPU."""
 
 from __future__ import annotations
 
@@ -35,6 +35,44 @@ def start_app(preset: str, threads: int, log: Path) -> tuple[subprocess.Popen, s
     raise SystemExit("app.py did not answer within 120 s")
 
 
+LAB_PARTS = (  # (sub-tab label, run button, status box): the playground needs no button
+    ("1. Batch drafts", "#lab-batch-run", "#lab-batch-status"),
+    ("2. Quality/speed knob", "#lab-relax-run", "#lab-relax-status"),
+    ("3. Costs and gamma planner", "#lab-plan-run", "#lab-plan-status"),
+)
+
+
+def lab_shots(page, out: Path, max_new: int) -> None:
+    """Run every Theory lab part on the loaded pair; stitch the four panels into assets/screenshot-theory-lab.png."""
+    from PIL import Image
+
+    page.get_by_role("tab", name="Theory lab").click()
+    set_number(page, "lab-max-new", max_new)
+    shots = []
+    page.get_by_role("tab", name="Toy playground (no model)").click()
+    page.locator("#lab-pg-case label", has_text="q has zeros").click()
+    page.wait_for_timeout(1500)
+    shots.append(out / "lab-0.png")
+    page.locator("#lab-tab-playground").screenshot(path=str(shots[-1]))
+    for i, (label, button, status) in enumerate(LAB_PARTS, 1):
+        page.get_by_role("tab", name=label).click()
+        page.click(button)
+        print(label, "->", wait_status(page, r"^\W*ok\W+done", selector=status, timeout=1800))
+        page.wait_for_timeout(1500)
+        shots.append(out / f"lab-{i}.png")
+        page.locator(f"#lab-tab-{('batch', 'relax', 'plan')[i - 1]}").screenshot(path=str(shots[-1]))
+    images = [Image.open(p) for p in shots]
+    width = max(im.width for im in images)
+    sheet = Image.new("RGB", (width, sum(im.height for im in images)), "white")
+    y = 0
+    for im in images:
+        sheet.paste(im, (0, y))
+        y += im.height
+    sheet.save(out / "screenshot-theory-lab.png", optimize=True)
+    for p in shots:
+        p.unlink()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="qwen-coder-1.5b")
@@ -42,7 +80,8 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=96)
     ap.add_argument("--gamma", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tabs", default="run", help="comma-separated tabs to shoot: run")
+    ap.add_argument("--tabs", default="run,lab", help="comma-separated tabs to shoot: run, lab")
+    ap.add_argument("--lab-max-new", type=int, default=48, help="max new tokens of the lab's runs")
     args = ap.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +105,8 @@ def main() -> None:
                 page.locator("#sv-stream .sv-rejected").first.hover()
                 page.wait_for_timeout(300)
                 page.screenshot(path=str(out / "screenshot-embedded-code.png"), full_page=True)
+            if "lab" in tabs:
+                lab_shots(page, out, args.lab_max_new)
             browser.close()
     finally:
         proc.terminate()

@@ -292,3 +292,32 @@ def test_compare_two_strategies(browser, app_url):
     assert wait_figure(page, "cmp-chart", 2) == [3, 3]
     page.screenshot(path=str(ARTIFACTS / "compare-light.png"), full_page=True)
     page.close()
+
+
+def test_theory_lab_playground_renders_and_responds(browser, app_url):
+    """The toy playground needs no model: it renders at once and redraws when p or q changes."""
+    page = open_page(browser, app_url)
+    page.get_by_role("tab", name="Theory lab").click()
+    big = page.locator("#lab-pg-summary .sv-lab-big")
+    big.wait_for()
+    # the 'close' case: overlap sum min(p, q) = 0.25 + 0.25 + 0.2 + 0.1 + 0.1
+    assert big.get_attribute("data-overlap") == "0.9000"
+    assert wait_figure(page, "lab-pg-fig-dist", 5) == [5] * 5  # p, q, overlap, residual, acceptance over 5 tokens
+    assert sum(wait_figure(page, "lab-pg-fig-hist", 2)) == 10
+    overlap = "document.querySelector('#lab-pg-summary .sv-lab-big')?.getAttribute('data-overlap')"
+    page.locator("#lab-pg-q textarea").fill("0.2, 0.2, 0.2, 0.2, 0.2")
+    page.wait_for_function(f"{overlap} === '0.8500'")  # min with p = 0.3, 0.25, 0.2, 0.15, 0.1
+    page.wait_for_function(
+        "document.querySelector('#lab-pg-fig-dist .js-plotly-plot').data[1].y.every(v => Math.abs(v - 0.2) < 1e-9)"
+    )
+    # bad input: a clear message, the charts stay
+    page.locator("#lab-pg-q textarea").fill("0.2, x, 0.2, 0.2, 0.2")
+    page.wait_for_selector("#lab-pg-summary .sv-error")
+    assert "'x' is not a number" in page.locator("#lab-pg-summary").inner_text()
+    assert len(figure_points(page, "lab-pg-fig-dist")) == 5
+    # a case with disjoint supports: nothing overlaps, every draft is rejected
+    page.locator("#lab-pg-case label", has_text="disjoint").click()
+    page.wait_for_function(f"{overlap} === '0.0000'")
+    assert "Traceback" not in page.content()
+    page.screenshot(path=str(ARTIFACTS / "lab-playground.png"), full_page=True)
+    page.close()

@@ -23,6 +23,11 @@ strategies are ignored, so one options dict can serve while switching strategy; 
                  new prompt (about L * L/2 partial passes over the prompt, slow on big models).
              Neither given: skip every other layer of the second half, never the last (layer_skip.default_skip).
              Also adaptive, max_gamma, confidence as for draft.
+  multidraft the draft model drafts M candidates at once; the target verifies all M in one batched pass and keeps
+             one by SpecInfer's multi-step speculative sampling (Miao et al. 2024; greedy: the candidate matching
+             the target's argmax longest). Needs a preset with a draft model.
+             drafts (int 1..8, default 4): M, the number of candidates (rule 'sample': independent draws from q;
+                 greedy: the draft's top-M first tokens, each continued greedily).
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ from specviz.proposers.base import NoProposer, Outcome, Proposal, Proposer
 from specviz.proposers.draft_model import DraftModelProposer
 from specviz.proposers.jacobi import JacobiProposer
 from specviz.proposers.layer_skip import LayerSkipProposer, decoder_layers, kept_layers, search_skip_layers
+from specviz.proposers.multi_draft import MultiDraftProposer
 from specviz.proposers.ngram import NgramProposer, find_candidates
 from specviz.proposers.options import opt_bool, opt_float, opt_int, opt_layers
 from specviz.proposers.random_guess import RandomProposer
 
-STRATEGIES = ("draft", "ngram", "jacobi", "layerskip", "random", "plain")
+STRATEGIES = ("draft", "ngram", "jacobi", "layerskip", "multidraft", "random", "plain")
 
 _MODEL_KNOBS = ("adaptive", "max_gamma", "confidence")
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -49,6 +55,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "random": (),
     "jacobi": ("pool_ngram",),
     "layerskip": ("exit_layer", "skip", *_MODEL_KNOBS),
+    "multidraft": ("drafts",),
 }
 
 
@@ -73,6 +80,15 @@ def build_proposer(name: str, pair: Any, cfg: GenConfig) -> Proposer:
         return RandomProposer(pair.target.vocab_size, cfg.gamma, cfg.seed)
     if name == "jacobi":
         return JacobiProposer(cfg.gamma, opt_int(opts, "pool_ngram", 3, 0, 8, name))
+    if name == "multidraft":
+        if pair.draft is None:
+            raise ConfigError(f"preset {pair.preset!r} has no draft model: pick another strategy")
+        if getattr(cfg, "relax", 0.0) > 0:
+            raise ConfigError(
+                "relax applies to single-draft strategies; multidraft always uses the lossless multi-draft rule: "
+                "set relax to 0 or pick another strategy"
+            )
+        return MultiDraftProposer(pair.draft, cfg.gamma, opt_int(opts, "drafts", 4, 1, 8, name))
     confidence = opt_float(opts, "confidence", 0.0, 0.0, 1.0, name)
     if name == "draft":
         if pair.draft is None:
@@ -115,6 +131,7 @@ __all__ = [
     "DraftModelProposer",
     "JacobiProposer",
     "LayerSkipProposer",
+    "MultiDraftProposer",
     "NgramProposer",
     "NoProposer",
     "Outcome",

@@ -12,10 +12,14 @@ from specviz.sampling import Sampler
 
 @dataclass
 class Proposal:
-    """Up to gamma guessed tokens. q: (k, V) draft distributions, processed like p; None means q = one-hot on each guess."""
+    """Up to gamma guessed tokens. q: (k, V) draft distributions, processed like p; None means q = one-hot on each guess.
+    A multi-draft proposal also carries `candidates`, M guesses of one length k (ids and q are the first's), and
+    `candidate_q` (M, k, V), what each candidate token was drawn from; the engine then verifies all M at once."""
 
     ids: list[int]
     q: torch.Tensor | None = None
+    candidates: list[list[int]] | None = None
+    candidate_q: torch.Tensor | None = None
 
     @property
     def tensor(self) -> torch.Tensor:

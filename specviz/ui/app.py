@@ -529,8 +529,13 @@ def build_app(manager: ModelManager, visitors: Visitors | None = None) -> gr.Blo
                 run_tab = RunTab(manager, visitors)
             with gr.Tab("Compare", id="compare", elem_id="sv-tab-compare"):
                 cmp_tab = CompareTab(manager, visitors)
+            with gr.Tab("Theory lab", id="lab", elem_id="sv-tab-lab"):
+                from specviz.ui.lab import LabTab  # here, not at the top: lab.py reuses this module's helpers
+
+                lab_tab = LabTab(manager, visitors)
         run_tab.wire()
         cmp_tab.wire()
+        lab_tab.wire()
 
         def tick() -> tuple[str, gr.Timer]:
             return model_status_html(manager), gr.Timer(active=manager.status().state in ("idle", "loading"))

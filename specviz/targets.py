@@ -1,0 +1,325 @@
+"""The speed targets as benchmarks: each measures one ratio in one run (fair baseline against Hugging Face generate,
+instrumentation overhead, draft model against HF assisted generation, CPU speedups, start-up and memory) and says
+whether it holds. Never a timed test: `python -m specviz bench --targets ...` prints the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specviz.config import GenConfig, suite_prompts
+from specviz.engine import run
+from specviz.models import ModelPair
+from specviz.proposers import build_proposer
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("baseline", "overhead", "assisted", "speedups", "startup")
+Log = Callable[[str], None]
+
+
+@dataclass
+class TargetRow:
+    """One comparison: `ratio` against `bound` (op '<=' or '>='), with the two measured sides spelled out."""
+
+    target: str
+    comparison: str
+    ratio: float
+    op: str
+    bound: float
+    measured: str
+    identical: bool | None = None
+
+    @property
+    def holds(self) -> bool:
+        ok = self.ratio <= self.bound if self.op == "<=" else self.ratio >= self.bound
+        return ok and self.identical is not False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "holds": self.holds}
+
+
+def _prompts(suite: str, limit: int) -> list[tuple[str, str, str]]:
+    ps = suite_prompts(suite)
+    return ps[:limit] if limit else ps
+
+
+def hf_generate(
+    pair: ModelPair, ids: Sequence[int], n: int, assistant_gamma: int | None = None, hf_defaults: bool = False
+) -> tuple[list[int], float]:
+    """Greedy `model.generate()` on the pair's own target module (same weights, dtype, linear kernels as ours);
+    with assistant_gamma, assisted generation with the draft at a constant draft length and no confidence stop
+    (hf_defaults: the assistant's stock settings instead). -> (new token ids, wall seconds)."""
+    model = pair.target.model
+    x = torch.tensor([list(ids)], device=pair.device)
+    eos = sorted(pair.codec.eos_ids) or None
+    kw: dict[str, Any] = dict(
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=eos[0] if eos else None,
+        attention_mask=torch.ones_like(x),
+        top_p=None,
+        top_k=None,
+        temperature=None,
+    )
+    if assistant_gamma is not None:
+        assert pair.draft is not None
+        draft = pair.draft.model
+        gc_ = draft.generation_config
+        if hf_defaults:
+            gc_.num_assistant_tokens, gc_.num_assistant_tokens_schedule = 20, "constant"
+            gc_.assistant_confidence_threshold = 0.4
+        else:
+            gc_.num_assistant_tokens, gc_.num_assistant_tokens_schedule = assistant_gamma, "constant"
+            gc_.assistant_confidence_threshold = 0.0
+        kw["assistant_model"] = draft
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(x, **kw)
+    wall = time.perf_counter() - t0
+    return out[0, x.shape[1] :].tolist(), wall
+
+
+def _ours(pair: ModelPair, strategy: str, ids: list[int], cfg: GenConfig, instrument: bool = True):
+    kw = dict(eos_ids=pair.codec.eos_ids, piece=pair.codec.piece, instrument=instrument)
+    return run(pair.target, build_proposer(strategy, pair, cfg), ids, cfg, **kw).run()
+
+
+def _warm(pair: ModelPair, ids: list[int]) -> None:
+    """One short run of each path first: oneDNN builds its kernels on first use, which no side should pay."""
+    cfg = GenConfig(max_new_tokens=4)
+    _ours(pair, "plain", ids, cfg)
+    if pair.draft is not None:
+        _ours(pair, "draft", ids, cfg)
+        hf_generate(pair, ids, 4, assistant_gamma=2)
+    hf_generate(pair, ids, 4)
+
+
+def check_baseline(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log) -> TargetRow:
+    """Our plain decoding against HF generate, same prompts and token counts, alternating which goes first."""
+    ours_s = hf_s = 0.0
+    same, tokens = True, 0
+    for i, (_, name, prompt) in enumerate(_prompts(suite, limit)):
+        ids = pair.codec.encode(prompt)
+        log(f"baseline: {name}")
+        for first_ours in (True, False) if i % 2 == 0 else (False, True):
+            if first_ours:
+                s = _ours(pair, "plain", ids, cfg)
+                ours_s, out = ours_s + s.wall_s, s.output_ids
+            else:
+                hf_ids, w = hf_generate(pair, ids, cfg.max_new_tokens)
+                hf_s += w
+        same &= out == hf_ids
+        tokens += len(out)
+    return TargetRow(
+        "1 fair baseline",
+        "specviz plain / HF generate (time)",
+        ours_s / hf_s,
+        "<=",
+        1.05,
+        f"{ours_s:.2f} s vs {hf_s:.2f} s, {tokens} tokens",
+        same,
+    )
+
+
+def check_overhead(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, strategy: str, log: Log) -> TargetRow:
+    """The same run with full per-step events against events off (no p, q, TV, token text)."""
+    on = off = 0.0
+    same = True
+    for i, (_, name, prompt) in enumerate(_prompts(suite, limit)):
+        ids = pair.codec.encode(prompt)
+        log(f"overhead: {name}")
+        runs = {}
+        for instrument in (True, False) if i % 2 == 0 else (False, True):
+            runs[instrument] = _ours(pair, strategy, ids, cfg, instrument=instrument)
+        on, off = on + runs[True].wall_s, off + runs[False].wall_s
+        same &= runs[True].output_ids == runs[False].output_ids
+    return TargetRow(
+        "2 instrumentation",
+        f"{strategy} events on / events off (time)",
+        on / off,
+        "<=",
+        1.05,
+        f"{on:.2f} s vs {off:.2f} s",
+        same,
+    )
+
+
+def check_assisted(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log) -> list[TargetRow]:
+    """Our draft strategy against HF assisted generation at the same constant draft length (and, for information,
+    HF's stock assisted settings): tokens/s ours over theirs, outputs compared token for token."""
+    ours_t = hf_t = hfd_t = 0.0
+    n_ours = n_hf = n_hfd = 0
+    same = same_d = True
+    for i, (_, name, prompt) in enumerate(_prompts(suite, limit)):
+        ids = pair.codec.encode(prompt)
+        log(f"assisted: {name}")
+        order = ("ours", "hf", "hfd") if i % 2 == 0 else ("hfd", "hf", "ours")
+        res: dict[str, tuple[list[int], float]] = {}
+        for who in order:
+            if who == "ours":
+                s = _ours(pair, "draft", ids, cfg)
+                res[who] = (s.output_ids, s.wall_s)
+            else:
+                res[who] = hf_generate(pair, ids, cfg.max_new_tokens, cfg.gamma, hf_defaults=who == "hfd")
+        ours_t, hf_t, hfd_t = ours_t + res["ours"][1], hf_t + res["hf"][1], hfd_t + res["hfd"][1]
+        n_ours, n_hf, n_hfd = n_ours + len(res["ours"][0]), n_hf + len(res["hf"][0]), n_hfd + len(res["hfd"][0])
+        same &= res["ours"][0] == res["hf"][0]
+        same_d &= res["ours"][0] == res["hfd"][0]
+    tps = lambda n, t: n / t if t else 0.0  # noqa: E731
+    return [
+        TargetRow(
+            "3 vs HF assisted",
+            f"draft tokens/s / HF assisted tokens/s (gamma {cfg.gamma}, constant)",
+            tps(n_ours, ours_t) / tps(n_hf, hf_t),
+            ">=",
+            1.1,
+            f"{tps(n_ours, ours_t):.2f} vs {tps(n_hf, hf_t):.2f} tokens/s",
+            same,
+        ),
+        TargetRow(
+            "3 (info)",
+            "draft tokens/s / HF assisted tokens/s (HF's stock settings: 20 tokens, confidence 0.4)",
+            tps(n_ours, ours_t) / tps(n_hfd, hfd_t),
+            ">=",
+            1.1,
+            f"{tps(n_ours, ours_t):.2f} vs {tps(n_hfd, hfd_t):.2f} tokens/s",
+            same_d,
+        ),
+    ]
+
+
+def check_speedups(pair: ModelPair, cfg: GenConfig, limit: int, ngram_gamma: int, log: Log) -> list[TargetRow]:
+    """Draft on the code suite (>= 1.5x) and prompt lookup on the edit suite (>= 2x), each against plain."""
+    from specviz.cli import aggregate, bench_rows
+
+    rows = []
+    for suite, strategy, bound, gamma in (("code", "draft", 1.5, cfg.gamma), ("edit", "ngram", 2.0, ngram_gamma)):
+        log(f"speedups: {strategy} on {suite}")
+        c = cfg.with_(gamma=gamma)
+        per_prompt = bench_rows(pair, _prompts(suite, limit), [strategy], c)
+        agg = next(r for r in aggregate(per_prompt, "suite") if r["strategy"] == strategy)
+        rows.append(
+            TargetRow(
+                f"4 {strategy} speedup",
+                f"plain time / {strategy} time on suite {suite} (gamma {gamma})",
+                agg["speedup"],
+                ">=",
+                bound,
+                f"{agg['tokens_per_s']:.2f} tokens/s, {agg['tokens_per_step']:.2f} tokens per pass, "
+                f"acceptance {agg['acceptance']:.0%}",
+                agg["identical"],
+            )
+        )
+    return rows
+
+
+def _probe(preset: str) -> None:
+    """Run in a child process: load the pair, generate 8 tokens, print load time and memory as one JSON line."""
+    import resource
+
+    from specviz.models import load_pair
+
+    t0 = time.perf_counter()
+    pair = load_pair(preset)
+    load_s = time.perf_counter() - t0
+    rss_loaded, file_loaded = _rss_gb(), _rss_gb("RssFile")
+    _ours(
+        pair,
+        "draft" if pair.draft is not None else "plain",
+        pair.codec.encode("def add(a, b):"),
+        GenConfig(max_new_tokens=8),
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(
+        json.dumps(
+            {
+                "load_s": load_s,
+                "rss_loaded_gb": rss_loaded,
+                "rss_after_gen_gb": _rss_gb(),
+                "peak_gb": peak,
+                "file_loaded_gb": file_loaded,
+            }
+        )
+    )
+
+
+def _rss_gb(field: str = "VmRSS") -> float:
+    """Resident GiB from /proc/self/status: VmRSS (all), RssAnon (process memory), RssFile (mapped file pages)."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    return kb / 2**20
+
+
+def _child(preset: str, env: dict[str, str]) -> tuple[dict[str, Any], float]:
+    """(probe's JSON, wall seconds from process start to the answer, imports included)."""
+    t0 = time.perf_counter()
+    code = f"from specviz.targets import _probe; _probe({preset!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"start-up probe failed: {out.stderr.strip()[-800:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1]), wall
+
+
+def check_startup(preset: str, cold: bool, log: Log) -> list[TargetRow]:
+    """Warm start (from the cache) and, with cold=True, a cold start into an empty cache (assemble, verify,
+    dequantise, write), each in a fresh Python process; peak memory of the loaded pair after a short generation."""
+    rows = []
+    env = {**os.environ}
+    if cold:
+        with tempfile.TemporaryDirectory(prefix="specviz-cold-") as tmp:
+            log("startup: cold start into an empty cache (minutes)")
+            probe, wall = _child(preset, {**env, "SPECVIZ_CACHE": tmp})
+        rows.append(
+            TargetRow(
+                "6 cold start",
+                "seconds to a ready pair, empty cache",
+                wall,
+                "<=",
+                150,
+                f"load_pair {probe['load_s']:.1f} s",
+            )
+        )
+    log("startup: warm start")
+    probe, wall = _child(preset, env)
+    rows.append(
+        TargetRow(
+            "6 warm start", "seconds to a ready pair, cached", wall, "<=", 20, f"load_pair {probe['load_s']:.1f} s"
+        )
+    )
+    rows.append(
+        TargetRow(
+            "6 memory",
+            "peak resident GiB, pair loaded + one generation",
+            probe["peak_gb"],
+            "<=",
+            11,
+            f"resident after load {probe['rss_loaded_gb']:.2f} GiB (of it mapped file pages "
+            f"{probe['file_loaded_gb']:.2f}), after generating {probe['rss_after_gen_gb']:.2f} GiB",
+        )
+    )
+    return rows
+
+
+def format_targets(rows: Sequence[TargetRow]) -> str:
+    """A markdown table: target, comparison, ratio, bound, holds, measured sides."""
+    head = "| target | comparison | measured | bound | holds | detail |\n|---|---|---|---|---|---|"
+    lines = [head]
+    for r in rows:
+        same = "" if r.identical is None else f"; identical output: {r.identical}"
+        lines.append(
+            f"| {r.target} | {r.comparison} | {r.ratio:.3g} | {r.op} {r.bound:g} | {'yes' if r.holds else 'NO'} | "
+            f"{r.measured}{same} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""CPU fast paths: the bf16-decode draft linear matches float32 closely for few rows and exactly (oneDNN float32)
+for many, and a draft running it keeps speculative output identical to plain decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specviz.config import GenConfig
+from specviz.engine import run
+from specviz.fastpath import BF16_MAX_ROWS, DraftLinear, draft_fast_path
+from specviz.models import LM, CharCodec, perturbed_copy, tiny_model
+from specviz.proposers import DraftModelProposer
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (any x86 torch)")
+
+
+def test_draft_linear_rows_pick_the_kernel():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    fast = DraftLinear(lin)
+    few = torch.randn(1, BF16_MAX_ROWS, 64)  # bf16 weights
+    many = torch.randn(1, BF16_MAX_ROWS + 3, 64)  # float32 oneDNN
+    with torch.no_grad():
+        assert fast(few).dtype == torch.float32
+        torch.testing.assert_close(fast(few), lin(few), rtol=0.05, atol=0.05)
+        assert not torch.equal(fast(few), lin(few))  # it really ran in bf16
+        torch.testing.assert_close(fast(many), lin(many), rtol=1e-5, atol=1e-5)
+    head = DraftLinear(lin, wide=False)
+    assert head.wide is None and head(many).shape == (1, BF16_MAX_ROWS + 3, 96)
+
+
+def test_draft_fast_path_swaps_every_linear_and_stays_lossless():
+    codec = CharCodec()
+    target = tiny_model(codec.vocab_size, seed=0, dtype=torch.float32, init=0.2)
+    draft = draft_fast_path(perturbed_copy(target, noise=0.03, seed=1), min_params=0)
+    assert not any(type(m) is torch.nn.Linear for m in draft.modules())
+    assert sum(isinstance(m, DraftLinear) for m in draft.modules()) > 0
+    t, d = LM(target, "target"), LM(draft, "draft")
+    ids = codec.encode("def add(a, b):\n    return")
+    cfg = GenConfig(gamma=4, max_new_tokens=60)
+    plain = run(t, None, ids, cfg).run()
+    spec = run(t, DraftModelProposer(d, 4), ids, cfg).run()
+    assert spec.output_ids == plain.output_ids
+    assert spec.accepted > 0 and spec.steps < plain.steps
+
+
+def test_small_drafts_keep_plain_onednn():
+    model = tiny_model(CharCodec().vocab_size, seed=0, dtype=torch.float32)
+    out = draft_fast_path(model)  # far below MIN_PARAMS
+    assert not any(isinstance(m, DraftLinear) for m in out.modules())
