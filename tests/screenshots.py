@@ -46,16 +46,23 @@ def lab_shots(page, out: Path, max_new: int) -> None:
     """Run every Theory lab part on the loaded pair; stitch the four panels into assets/screenshot-theory-lab.png."""
     from PIL import Image
 
+    page.set_default_timeout(60_000)
     page.get_by_role("tab", name="Theory lab").click()
-    set_number(page, "lab-max-new", max_new)
+    print("lab: tab open", flush=True)
+    if max_new != 48:  # the lab's default; the field sits in a closed accordion
+        page.get_by_text("Prompt and settings for parts 1 to 3").click()
+        set_number(page, "lab-max-new", max_new)
+    print("lab: settings", flush=True)
     shots = []
     page.get_by_role("tab", name="Toy playground (no model)").click()
     page.locator("#lab-pg-case label", has_text="q has zeros").click()
     page.wait_for_timeout(1500)
     shots.append(out / "lab-0.png")
     page.locator("#lab-tab-playground").screenshot(path=str(shots[-1]))
+    print("lab: playground", flush=True)
     for i, (label, button, status) in enumerate(LAB_PARTS, 1):
         page.get_by_role("tab", name=label).click()
+        print("lab:", label, flush=True)
         page.click(button)
         print(label, "->", wait_status(page, r"^\W*ok\W+done", selector=status, timeout=1800))
         page.wait_for_timeout(1500)

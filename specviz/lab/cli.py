@@ -99,7 +99,23 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
 
         rows = batch_sweep(pair, ids, cfg, numbers(args.ms, "ms", int))
         out.write(
-            format_rows(rows, ["M", "steps", "tokens_per_step", "tries", "rejections", "tv_sum", "wall_s"]) + "\n"
+            format_rows(
+                rows,
+                [
+                    "M",
+                    "steps",
+                    "tokens",
+                    "tokens_per_step",
+                    "tries",
+                    "rejections",
+                    "corrections",
+                    "corrections_per_token",
+                    "tv_sum",
+                    "wall_s",
+                ],
+            )
+            + "\nrejections = rejected tries; corrections = steps where all M candidates were rejected (a batch "
+            "algorithm's rejections in Yin et al. 2024); tv_sum at M = 1 = the expected rejections, Σ TV\n"
         )
         return 0
     from specviz.lab import planner, replay
