@@ -72,21 +72,29 @@ def hf_generate(
         top_k=None,
         temperature=None,
     )
+    saved: dict[str, Any] = {}
     if assistant_gamma is not None:
         assert pair.draft is not None
         draft = pair.draft.model
         gc_ = draft.generation_config
-        if hf_defaults:
-            gc_.num_assistant_tokens, gc_.num_assistant_tokens_schedule = 20, "constant"
-            gc_.assistant_confidence_threshold = 0.4
-        else:
-            gc_.num_assistant_tokens, gc_.num_assistant_tokens_schedule = assistant_gamma, "constant"
-            gc_.assistant_confidence_threshold = 0.0
+        tokens, threshold = (20, 0.4) if hf_defaults else (assistant_gamma, 0.0)
+        settings = {
+            "num_assistant_tokens": tokens,
+            "num_assistant_tokens_schedule": "constant",
+            "assistant_confidence_threshold": threshold,
+        }
+        saved = {k: getattr(gc_, k, None) for k in settings}
+        for k, v in settings.items():
+            setattr(gc_, k, v)
         kw["assistant_model"] = draft
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(x, **kw)
-    wall = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(x, **kw)
+        wall = time.perf_counter() - t0
+    finally:  # the draft's own settings are left as they were
+        for k, v in saved.items():
+            setattr(pair.draft.model.generation_config, k, v)
     return out[0, x.shape[1] :].tolist(), wall
 
 

@@ -28,8 +28,10 @@ def test_plain_decoding_equals_hf_generate(tiny):
 def test_draft_strategy_equals_hf_assisted_generation(tiny, gamma):
     ids = tiny.codec.encode("for i in range(10):\n")
     ours = tg._ours(tiny, "draft", ids, GenConfig(gamma=gamma, max_new_tokens=30))
+    before = tiny.draft.model.generation_config.to_dict()
     theirs, _ = tg.hf_generate(tiny, ids, 30, assistant_gamma=gamma)
     assert ours.output_ids == theirs
+    assert tiny.draft.model.generation_config.to_dict() == before  # the draft's settings are restored
 
 
 def test_checks_report_ratios_and_identity(tiny):
