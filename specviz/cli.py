@@ -1,4 +1,5 @@
-"""Command line: `generate` prints a marked-up speculative generation; `bench` compares strategies with plain decoding."""
+"""Command line: `generate` prints a marked-up speculative generation; `bench` compares strategies with plain decoding;
+`lab` runs the Theory lab's experiments; `train-heads` trains Medusa helper heads."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from specviz.config import RELAX_FAMILIES, ConfigError, GenConfig, check_prompt,
 from specviz.engine import run
 from specviz.events import RunSummary, StepEvent
 from specviz.lab import cli as lab_cli
-from specviz.metrics import first_divergence, with_plain
+from specviz.medusa import cli as medusa_cli
+from specviz.metrics import first_divergence, position_stats, with_plain
 from specviz.models import ModelPair, load_pair
 from specviz.proposers import STRATEGIES, build_proposer
 
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ngram-gamma", type=int, default=8, help="with --targets speedups: prompt lookup's draft length")
     _gen_args(b)
     lab_cli.add_parser(sub, _gen_args)
+    medusa_cli.add_parser(sub)
     return ap
 
 
@@ -194,8 +197,10 @@ def bench_rows(
         rows.append(_row(suite, name, plain, None, cfg))
         for strat in strategies:
             print(f"[{i}/{len(prompts)}] {suite}/{name}: {strat}", file=sys.stderr, flush=True)
-            s = with_plain(run(pair.target, build_proposer(strat, pair, cfg), ids, cfg, **kw).run(), plain)
+            r = run(pair.target, build_proposer(strat, pair, cfg), ids, cfg, **kw)
+            s = with_plain(r.run(), plain)
             row = _row(suite, name, s, plain, cfg)
+            row["reached"], row["accepted_at"], _ = position_stats(r.steps)
             if row["identical"] is False:
                 d = first_divergence(s.output_ids, plain.output_ids)
                 row["diverges_at"] = d
@@ -236,6 +241,9 @@ def aggregate(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
         drafted = sum(a / acc for acc, a in drafted_acc if acc > 0)
         base = sum(plain_wall[(r["suite"], r["prompt"])] for r in rs)
         cs = [r["c"] for r in rs if r["c"] is not None]
+        width = max((len(r.get("reached", [])) for r in rs), default=0)
+        reached = [sum(r["reached"][i] for r in rs if i < len(r.get("reached", []))) for i in range(width)]
+        acc_at = [sum(r["accepted_at"][i] for r in rs if i < len(r.get("accepted_at", []))) for i in range(width)]
         ident = [r["identical"] for r in rs if r["identical"] is not None]
         out.append(
             {
@@ -251,9 +259,16 @@ def aggregate(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
                 "speedup": base / wall if wall and strat != "plain" else 1.0,
                 "c": sum(cs) / len(cs) if cs else None,
                 "identical": all(ident) if ident else None,
+                "by_position": [a / n if n else 0.0 for a, n in zip(acc_at, reached)][:8],
             }
         )
     return out
+
+
+def _fmt(col: str, fmt: str, value: Any) -> str:
+    if col == "by_position":  # acceptance at draft positions 1, 2, ... (medusa: heads 1, 2, ...), in percent
+        return " ".join(f"{v:.0%}" for v in value)
+    return fmt.format(value)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -270,8 +285,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ("speedup", "{:.2f}x"),
         ("c", "{:.2f}"),
         ("identical", "{}"),
+        ("by_position", "{}"),
     ]
-    cells = [[("-" if r.get(c) is None else f.format(r[c])) for c, f in cols] for r in rows]
+    cells = [[("-" if not r.get(c) and r.get(c) != 0 else _fmt(c, f, r[c])) for c, f in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, (c, _) in enumerate(cols)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     return "\n".join(
@@ -388,7 +404,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
-        return {"generate": cmd_generate, "bench": cmd_bench, "lab": lab_cli.cmd_lab}[args.cmd](args, out)
+        commands = {
+            "generate": cmd_generate,
+            "bench": cmd_bench,
+            "lab": lab_cli.cmd_lab,
+            "train-heads": medusa_cli.cmd_train_heads,
+        }
+        return commands[args.cmd](args, out)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -81,6 +81,7 @@ class SpecRun:
         t0 = time.perf_counter()
         # the target's cache holds every context token but the last, which each step feeds first
         self.target.reset()
+        self.target.keep_hidden, self.target.last_hidden = self.proposer.wants_hidden, None
         if len(self.prompt) > 1:
             self.target.forward(self.prompt[:-1], keep=1)
         self.proposer.reset(self.prompt)
@@ -121,7 +122,8 @@ class SpecRun:
             n_kept = sum(t.origin == "accepted" for t in tokens)
             ctx += emitted
             out += emitted
-            self.proposer.update(Outcome(k, n_kept, len(ctx), logits))
+            hidden = self.target.last_hidden if self.proposer.wants_hidden and multi is None else None
+            self.proposer.update(Outcome(k, n_kept, len(ctx), logits, hidden))
             drafted_total += n_drafted
             accepted_total += n_kept
             done = hit_eos is not None or len(out) >= cfg.max_new_tokens

@@ -1,5 +1,6 @@
-"""CPU fast paths, chosen by measurement on our 2-core AVX2 machine: oneDNN linear layers for float32 models, and
-for the draft model only, bfloat16 weights in its few-row (decode) passes."""
+"""CPU fast paths, chosen by measurement on our 2-core AVX2 machine: our few-row float32 kernel (specviz/kernels) for
+decode and verification passes with BLAS for prefill (oneDNN linear layers where the kernel cannot be built), and for
+the draft model only, bfloat16 weights in its few-row (decode) passes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ BF16_MAX_ROWS = 4
 MIN_PARAMS = 50_000_000
 
 
-def use_mkldnn(device: torch.device, dtype: torch.dtype) -> bool:
-    """oneDNN linear layers on CPU float32 (SPECVIZ_MKLDNN=0 turns them off)."""
+def use_cpu_fast_path(device: torch.device, dtype: torch.dtype) -> bool:
+    """Fast linear layers on CPU float32 (SPECVIZ_MKLDNN=0 turns them all off: plain torch linear layers)."""
     return (
         device.type == "cpu"
         and dtype == torch.float32
@@ -26,7 +27,19 @@ def use_mkldnn(device: torch.device, dtype: torch.dtype) -> bool:
 
 def use_bf16_draft(device: torch.device, dtype: torch.dtype) -> bool:
     """bf16 decode weights for the draft on CPU float32 (SPECVIZ_DRAFT_BF16=0 turns them off)."""
-    return use_mkldnn(device, dtype) and os.environ.get("SPECVIZ_DRAFT_BF16", "1") != "0"
+    return use_cpu_fast_path(device, dtype) and os.environ.get("SPECVIZ_DRAFT_BF16", "1") != "0"
+
+
+def target_fast_path(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The target's linear layers on CPU float32: our kernel for passes of up to 16 rows when it builds (it streams
+    the weights once for all rows, so a 5-token verification costs little more than a 1-token pass, and keeps no
+    second copy of the weights), else oneDNN. -> (model, what was used)"""
+    from specviz.kernels import small_linear_op, swap_linears
+
+    op, why = small_linear_op()
+    if op is not None:
+        return swap_linears(model), "specviz few-row kernel + BLAS prefill"
+    return cpu_fast_path(model), f"mkldnn (kernel {why})"
 
 
 def cpu_fast_path(model: torch.nn.Module) -> torch.nn.Module:
@@ -40,15 +53,20 @@ def cpu_fast_path(model: torch.nn.Module) -> torch.nn.Module:
 
 class DraftLinear(torch.nn.Module):
     """A draft model's linear layer holding its weight twice: bf16 (dense) for passes of at most BF16_MAX_ROWS rows,
-    where streaming half the bytes makes a decode step about twice as fast, and float32 oneDNN for longer passes.
+    where streaming half the bytes makes a decode step about twice as fast, and float32 (our kernel or oneDNN) for
+    longer passes.
     Inputs and outputs stay float32. Only drafts use it: a draft only guesses, and every guess is verified by the
     float32 target, so output stays identical; the cost is a slightly different q (shown as such)."""
 
     def __init__(self, linear: torch.nn.Linear, wide: bool = True) -> None:
         from torch.utils.mkldnn import MkldnnLinear
 
+        from specviz.kernels import SmallLinear, small_linear_op
+
         super().__init__()
-        self.wide = MkldnnLinear(linear, torch.float32) if wide else None
+        self.wide: torch.nn.Module | None = None
+        if wide:
+            self.wide = SmallLinear(linear) if small_linear_op()[0] is not None else MkldnnLinear(linear, torch.float32)
         self.register_buffer("weight16", linear.weight.detach().to(torch.bfloat16))
         self.register_buffer("bias16", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
 

@@ -7,6 +7,19 @@ from collections.abc import Sequence
 from specviz.events import RunSummary, StepEvent
 
 
+def position_stats(steps: Sequence[StepEvent]) -> tuple[list[int], list[int], list[float]]:
+    """Per draft position (for medusa, per head): checked drafts, accepted drafts, and the summed 1 - TV (the expected acceptances)."""
+    width = max((s.n_drafted for s in steps), default=0)
+    reached, accepted, expect = [0] * width, [0] * width, [0.0] * width
+    for s in steps:
+        for t in s.drafted:
+            if t.origin in ("accepted", "rejected"):
+                reached[t.draft_pos] += 1
+                accepted[t.draft_pos] += t.origin == "accepted"
+                expect[t.draft_pos] += 1 - (t.tv or 0.0)
+    return reached, accepted, expect
+
+
 def summarize(
     steps: Sequence[StepEvent],
     *,

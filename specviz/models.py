@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import string
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 
 from specviz.config import ConfigError, model_preset
 from specviz.embedded import assemble, embedded_model
-from specviz.fastpath import cpu_fast_path, draft_fast_path, use_bf16_draft, use_mkldnn
+from specviz.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
 
 Progress = Callable[[float, str], None]  # (fraction 0..1, message)
 CACHE_FORMAT = 1
@@ -136,7 +137,17 @@ class LM:
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.vocab_size
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 32768))
+        # the final hidden states of the last forward() (T, H), kept only while keep_hidden (helper heads read them)
+        self.keep_hidden = False
+        self.last_hidden: torch.Tensor | None = None
+        norm = getattr(getattr(model, "model", None), "norm", None)
+        if isinstance(norm, torch.nn.Module):
+            norm.register_forward_hook(self._on_norm)
         self.reset()
+
+    def _on_norm(self, module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
+        if self.keep_hidden:
+            self.last_hidden = out[0]
 
     def reset(self) -> None:
         self.cache = self._cache_cls(config=self.model.config)
@@ -194,6 +205,7 @@ class ModelPair:
     device: torch.device
     dtype: torch.dtype
     info: dict[str, Any] = field(default_factory=dict)  # load timings, sources, cache hits
+    heads: Any = None  # the preset's trained helper heads (MedusaHeads), loaded on first use by the medusa strategy
 
     def close(self) -> None:
         """Free the weights (switching presets)."""
@@ -217,6 +229,8 @@ def load_pair(
     dt = pick_dtype(dev, dtype or spec.get("dtype"))
     t0 = time.perf_counter()
     info: dict[str, Any] = {"preset": preset, "device": str(dev), "dtype": str(dt).replace("torch.", "")}
+    if spec.get("heads"):
+        info["heads_spec"] = dict(spec["heads"])
     if spec["target"].get("source") == "random":
         target, draft, codec = _tiny_pair(spec, dt)
     else:
@@ -237,15 +251,13 @@ def load_pair(
                     "needs one vocabulary for both"
                 )
     target, draft = target.to(dev), (draft.to(dev) if draft is not None else None)
-    if use_mkldnn(dev, dt):
-        target = cpu_fast_path(target)
-        info["linear"] = "mkldnn"
+    if use_cpu_fast_path(dev, dt):
+        target, info["linear"] = target_fast_path(target)
         if draft is not None:
-            draft = draft_fast_path(draft) if use_bf16_draft(dev, dt) else cpu_fast_path(draft)
-            info["draft_linear"] = "bf16 decode + mkldnn prefill" if use_bf16_draft(dev, dt) else "mkldnn"
-        for m in (target, draft):
-            if m is not None:
-                release_file_pages(m)
+            if use_bf16_draft(dev, dt):
+                draft, info["draft_linear"] = draft_fast_path(draft), "bf16 decode + float32 for longer passes"
+            else:
+                draft, info["draft_linear"] = target_fast_path(draft)
     info["load_s"] = round(time.perf_counter() - t0, 2)
     progress(1.0, "ready")
     return ModelPair(
@@ -253,16 +265,51 @@ def load_pair(
     )
 
 
-def release_file_pages(model: torch.nn.Module) -> None:
-    """Copy the dense tensors left after the oneDNN swap (embeddings, norms) out of the safetensors memory map, so the
-    mapping closes: otherwise the whole file stays mapped and its pages count as resident beside the oneDNN copies
-    (measured: 17 GB resident for the pair instead of about 10)."""
-    with torch.no_grad():
-        for module in model.modules():
-            for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
-                if t is not None and t.layout == torch.strided and t.device.type == "cpu":
-                    t.data = t.data.clone()
-    gc.collect()
+_ST_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+}
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file read into ordinary memory, tensor by tensor, with no memory map: transformers maps the
+    file, and its pages then counted as resident beside the converted weights (measured: peak 17 GB for the pair)."""
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            if entry["dtype"] not in _ST_DTYPES:
+                raise ConfigError(f"{path}: tensor {name} has dtype {entry['dtype']}, which this reader does not know")
+            start, end = entry["data_offsets"]
+            t = torch.empty(entry["shape"], dtype=_ST_DTYPES[entry["dtype"]])
+            if end > start:
+                f.seek(8 + size + start)
+                if f.readinto(memoryview(t.view(torch.uint8).reshape(-1).numpy())) != end - start:
+                    raise ConfigError(f"{path} is truncated at tensor {name}: delete the folder to rebuild it")
+            out[name] = t
+    return out
+
+
+def _from_folder(path: Path, dtype: torch.dtype) -> Any:
+    """A transformers model from a local folder of config.json + *.safetensors, read without a memory map."""
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(read_safetensors(file))
+    cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])
+    model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
+    if (path / "generation_config.json").is_file():  # eos ids and defaults, as from_pretrained(path) would read
+        model.generation_config = transformers.GenerationConfig.from_pretrained(path)
+    return model
 
 
 def _scaled(progress: Progress, lo: float, hi: float, label: str) -> Progress:
@@ -290,7 +337,10 @@ def _load_one(src: dict[str, Any], dtype: torch.dtype, chat: bool, progress: Pro
     try:
         progress(0.9, "loading weights")
         tok = AutoTokenizer.from_pretrained(path, **load_kw)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kw)
+        if kind == "embedded":
+            model = _from_folder(Path(path), dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kw)
     except OSError as e:
         raise ConfigError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from e
     return model, HFCodec(tok, _eos_ids(model, tok), chat), info

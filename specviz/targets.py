@@ -282,13 +282,14 @@ def _child(preset: str, env: dict[str, str]) -> tuple[dict[str, Any], float]:
 
 def check_startup(preset: str, cold: bool, log: Log) -> list[TargetRow]:
     """Warm start (from the cache) and, with cold=True, a cold start into an empty cache (assemble, verify,
-    dequantise, write), each in a fresh Python process; peak memory of the loaded pair after a short generation."""
+    dequantise, write, build the kernel), each in a fresh Python process; peak memory of the loaded pair after a short generation."""
     rows = []
     env = {**os.environ}
     if cold:
         with tempfile.TemporaryDirectory(prefix="specviz-cold-") as tmp:
             log("startup: cold start into an empty cache (minutes)")
-            probe, wall = _child(preset, {**env, "SPECVIZ_CACHE": tmp})
+            # nothing cached: neither the models nor our compiled kernel
+            probe, wall = _child(preset, {**env, "SPECVIZ_CACHE": tmp, "TORCH_EXTENSIONS_DIR": f"{tmp}/kernels"})
         rows.append(
             TargetRow(
                 "6 cold start",

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import pytest
 from test_render import step, summary, tok
 
+from specviz.metrics import position_stats
 from specviz.ui import charts
 
 
@@ -92,7 +93,7 @@ def test_accepted_histogram_and_its_prediction(steps):
 
 
 def test_position_chart_counts_checked_drafts(steps):
-    reached, accepted, expect = charts.position_stats(steps)
+    reached, accepted, expect = position_stats(steps)
     assert reached == [3, 2, 2, 1] and accepted == [2, 2, 1, 1]
     assert expect == pytest.approx([2.7, 1.8, 1.8, 0.9])  # 1 - TV(=0.1) per checked draft
     fig = valid(charts.position_chart(steps))

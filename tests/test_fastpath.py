@@ -1,4 +1,4 @@
-"""CPU fast paths: the bf16-decode draft linear matches float32 closely for few rows and exactly (oneDNN float32)
+"""CPU fast paths: the bf16-decode draft linear matches float32 closely for few rows and exactly (float32)
 for many, and a draft running it keeps speculative output identical to plain decoding."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def test_draft_linear_rows_pick_the_kernel():
     lin = torch.nn.Linear(64, 96)
     fast = DraftLinear(lin)
     few = torch.randn(1, BF16_MAX_ROWS, 64)  # bf16 weights
-    many = torch.randn(1, BF16_MAX_ROWS + 3, 64)  # float32 oneDNN
+    many = torch.randn(1, BF16_MAX_ROWS + 3, 64)  # float32 (our kernel, or oneDNN)
     with torch.no_grad():
         assert fast(few).dtype == torch.float32
         torch.testing.assert_close(fast(few), lin(few), rtol=0.05, atol=0.05)

@@ -13,6 +13,8 @@ from scipy.stats import chisquare
 
 from specviz.config import MAX_GAMMA, ConfigError, GenConfig, prompt_suites
 from specviz.engine import run
+from specviz.medusa import lm_head_weight
+from specviz.medusa.heads import random_heads
 from specviz.models import LM, tiny_model
 from specviz.proposers import STRATEGIES, AdaptiveGamma, build_proposer, find_candidates, search_skip_layers
 from specviz.proposers.adaptive import next_gamma
@@ -28,7 +30,8 @@ GREEDY = Sampler("greedy", 1.0, 0, 1.0, 0)
 
 
 def _pair(target: LM, draft: LM | None = None):
-    return types.SimpleNamespace(target=target, draft=draft, preset="test")
+    heads = random_heads(lm_head_weight(target.model), 4, seed=0)  # medusa's helper heads, untrained
+    return types.SimpleNamespace(target=target, draft=draft, preset="test", heads=heads)
 
 
 def _zero_layers(model: torch.nn.Module, layers) -> torch.nn.Module:

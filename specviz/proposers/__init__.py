@@ -28,6 +28,11 @@ strategies are ignored, so one options dict can serve while switching strategy; 
              the target's argmax longest). Needs a preset with a draft model.
              drafts (int 1..8, default 4): M, the number of candidates (rule 'sample': independent draws from q;
                  greedy: the draft's top-M first tokens, each continued greedily).
+  medusa     trained helper heads on the target's last hidden state guess the next gamma tokens (at most one per
+             head) with no draft model call (Cai et al. 2024). Needs a preset with `heads` (python -m specviz
+             train-heads makes them).
+             confidence (float in [0, 1), 0 = off): keep guesses while the product of the heads' top probabilities
+                 stays at least this (the heads' own estimate that every guess so far is right).
 """
 
 from __future__ import annotations
@@ -40,12 +45,13 @@ from specviz.proposers.base import NoProposer, Outcome, Proposal, Proposer
 from specviz.proposers.draft_model import DraftModelProposer
 from specviz.proposers.jacobi import JacobiProposer
 from specviz.proposers.layer_skip import LayerSkipProposer, decoder_layers, kept_layers, search_skip_layers
+from specviz.proposers.medusa import MedusaProposer
 from specviz.proposers.multi_draft import MultiDraftProposer
 from specviz.proposers.ngram import NgramProposer, find_candidates
 from specviz.proposers.options import opt_bool, opt_float, opt_int, opt_layers
 from specviz.proposers.random_guess import RandomProposer
 
-STRATEGIES = ("draft", "ngram", "jacobi", "layerskip", "multidraft", "random", "plain")
+STRATEGIES = ("draft", "ngram", "medusa", "jacobi", "layerskip", "multidraft", "random", "plain")
 
 _MODEL_KNOBS = ("adaptive", "max_gamma", "confidence")
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -56,6 +62,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "jacobi": ("pool_ngram",),
     "layerskip": ("exit_layer", "skip", *_MODEL_KNOBS),
     "multidraft": ("drafts",),
+    "medusa": ("confidence",),
 }
 
 
@@ -90,6 +97,10 @@ def build_proposer(name: str, pair: Any, cfg: GenConfig) -> Proposer:
             )
         return MultiDraftProposer(pair.draft, cfg.gamma, opt_int(opts, "drafts", 4, 1, 8, name))
     confidence = opt_float(opts, "confidence", 0.0, 0.0, 1.0, name)
+    if name == "medusa":
+        from specviz.medusa import heads_for
+
+        return MedusaProposer(pair.target, heads_for(pair), cfg.gamma, confidence)
     if name == "draft":
         if pair.draft is None:
             raise ConfigError(f"preset {pair.preset!r} has no draft model: pick another strategy")
@@ -131,6 +142,7 @@ __all__ = [
     "DraftModelProposer",
     "JacobiProposer",
     "LayerSkipProposer",
+    "MedusaProposer",
     "MultiDraftProposer",
     "NgramProposer",
     "NoProposer",

@@ -31,12 +31,14 @@ class Outcome:
     """What the verifier decided: n_accepted of n_drafted survived; the context now has ctx_len tokens.
     target_logits: the verification pass's raw target logits, (n_drafted + 1, V), row i predicting the token after
     [ctx[-1]] + draft[:i]; proposers that learn from the target (Jacobi) read them, others ignore them. None when the
-    engine does not pass them. Never copied to the host unless a proposer asks."""
+    engine does not pass them. Never copied to the host unless a proposer asks.
+    target_hidden: the same pass's final hidden states (n_drafted + 1, H), passed to proposers with wants_hidden."""
 
     n_drafted: int
     n_accepted: int
     ctx_len: int
     target_logits: torch.Tensor | None = None
+    target_hidden: torch.Tensor | None = None
 
 
 class Proposer:
@@ -44,6 +46,7 @@ class Proposer:
 
     name = "base"
     uses_model = False  # True when drafting calls a model (then the adaptive gamma schedule applies)
+    wants_hidden = False  # True when update() needs Outcome.target_hidden (trained heads on the target's state)
 
     def __init__(self, gamma: int = 4) -> None:
         self.gamma = gamma

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from specviz.events import RunSummary, StepEvent
+from specviz.metrics import position_stats
 from specviz.ui.render import per_token_alpha, theory_numbers
 
 Figure = dict[str, Any]
@@ -258,19 +259,6 @@ def accepted_hist_chart(steps: Sequence[StepEvent], gamma: int, alpha: float | N
         xaxis=_axis("accepted draft tokens in a step", dtick=1),
         yaxis=_axis("steps", rangemode="tozero"),
     )
-
-
-def position_stats(steps: Sequence[StepEvent]) -> tuple[list[int], list[int], list[float]]:
-    """Per draft position: checked drafts, accepted drafts, and the summed 1 - TV (the expected acceptances)."""
-    width = max((s.n_drafted for s in steps), default=0)
-    reached, accepted, expect = [0] * width, [0] * width, [0.0] * width
-    for s in steps:
-        for t in s.drafted:
-            if t.origin in ("accepted", "rejected"):
-                reached[t.draft_pos] += 1
-                accepted[t.draft_pos] += t.origin == "accepted"
-                expect[t.draft_pos] += 1 - (t.tv or 0.0)
-    return reached, accepted, expect
 
 
 def position_chart(steps: Sequence[StepEvent]) -> Figure:

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from specviz.events import RunSummary, StepEvent, TokenEvent
-from specviz.metrics import expected_speedup, expected_tokens_per_step, why_sentence
+from specviz.metrics import expected_speedup, expected_tokens_per_step, position_stats, why_sentence
 
 
 @dataclass(frozen=True)
@@ -478,7 +478,7 @@ def steps_table(steps: Sequence[StepEvent]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-COMPARE_COLUMNS = [*SUMMARY_COLUMNS, "same as plain"]
+COMPARE_COLUMNS = [*SUMMARY_COLUMNS, "acceptance by draft position", "same as plain"]
 
 
 def compare_table(tracks: Sequence[Any], plain: RunSummary | None, greedy: bool = True) -> pd.DataFrame:
@@ -494,6 +494,9 @@ def compare_rows(tracks: Sequence[Any], plain: RunSummary | None, greedy: bool =
         if t.summary is None:
             continue
         row = summary_row(t.label, t.summary, plain)
+        reached, accepted, _ = position_stats(getattr(t, "steps", []))
+        # per draft position (for medusa, per head): accepted among the guesses checked there
+        row["acceptance by draft position"] = " ".join(f"{a / n:.0%}" for a, n in zip(accepted, reached) if n) or None
         if greedy and plain is not None:
             row["same as plain"] = "yes" if t.summary.output_ids == plain.output_ids else "NO"
         else:

@@ -1,0 +1,42 @@
+"""Trained helper heads (Medusa): the heads module and its file format, self-distilled training data, training, and
+the lookup of a preset's shipped heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specviz.config import ConfigError
+from specviz.medusa.heads import MedusaHeads, load_heads
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
+    """The LM head's (V, H) float weight, whatever linear kernel holds it (dense, oneDNN, ours)."""
+    head = model.get_output_embeddings()
+    w = head.weight
+    return w.to_dense() if w.is_mkldnn else w.detach()
+
+
+def heads_for(pair: Any) -> MedusaHeads:
+    """The pair's helper heads, loaded once from the preset's `heads: {file, sha256}` and bound to its LM head."""
+    if getattr(pair, "heads", None) is not None:
+        return pair.heads
+    spec = getattr(pair, "info", {}).get("heads_spec")
+    if not spec or not spec.get("file"):
+        raise ConfigError(
+            f"preset {pair.preset!r} has no trained helper heads: train them with "
+            f"`python -m specviz train-heads --preset {pair.preset}` and add the file to presets/models.yaml"
+        )
+    path = Path(spec["file"])
+    path = path if path.is_absolute() else ROOT / path
+    cfg = pair.target.model.config
+    heads = load_heads(path, cfg.hidden_size, cfg.vocab_size, pair.codec.vocab_key(), spec.get("sha256"))
+    pair.heads = heads.bind(lm_head_weight(pair.target.model)).to(pair.target.device)
+    return pair.heads
+
+
+__all__ = ["MedusaHeads", "heads_for", "lm_head_weight", "load_heads"]
