@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from scipy.stats import chisquare
+from exact_dist import exact_two_token_probs, two_token_pvalue
 
 from specviz.config import ConfigError, GenConfig
 from specviz.engine import run
@@ -19,7 +19,6 @@ from specviz.medusa.heads import random_heads as make_random_heads
 from specviz.medusa.train import train_heads
 from specviz.models import LM, ModelPair, load_pair, tiny_model
 from specviz.proposers import MedusaProposer, build_proposer
-from specviz.sampling import probs_from_logits
 
 ALPHA = 1e-3
 
@@ -84,24 +83,11 @@ def _emitted(step) -> list[int]:
     return [t.id for t in step.tokens if t.origin in ("accepted", "resampled", "bonus")]
 
 
-def _exact_two_token_probs(target: LM, prompt: list[int], cfg: GenConfig) -> dict[tuple[int, int], float]:
-    def next_probs(ids: list[int]) -> torch.Tensor:
-        target.reset()
-        return probs_from_logits(target.forward(ids)[-1], cfg.temperature, cfg.top_k, cfg.top_p)
-
-    p1 = next_probs(prompt)
-    out = {}
-    for x1 in range(p1.shape[0]):
-        p2 = next_probs(prompt + [x1])
-        out.update({(x1, x2): float(p1[x1] * p2[x2]) for x2 in range(p2.shape[0])})
-    return out
-
-
 def test_sampling_matches_target_joint_distribution(small_vocab_pair):
     target, _ = small_vocab_pair
     prompt = [1, 2, 3]
     base = GenConfig(gamma=2, rule="sample", max_new_tokens=2, temperature=2.0)  # flat p: many guesses accepted
-    exact = _exact_two_token_probs(target, prompt, base)
+    exact = exact_two_token_probs(target, prompt, base)
     prop = MedusaProposer(target, random_heads(target, 2, seed=11, scale=3.0), 2)
     n = 1500
     counts = dict.fromkeys(exact, 0)
@@ -111,13 +97,7 @@ def test_sampling_matches_target_joint_distribution(small_vocab_pair):
         counts[tuple(s.output_ids)] += 1
         accepted += s.accepted
     assert accepted > 50  # guesses were accepted often enough for the rule to matter
-    assert all(counts[k] == 0 for k in exact if exact[k] == 0)
-    keys = sorted(exact, key=exact.get, reverse=True)
-    big = [k for k in keys if exact[k] * n >= 5]
-    rest = [k for k in keys if k not in big and exact[k] > 0]
-    obs = [counts[k] for k in big] + ([sum(counts[k] for k in rest)] if rest else [])
-    exp = [exact[k] * n for k in big] + ([sum(exact[k] for k in rest) * n] if rest else [])
-    assert chisquare(obs, [e * sum(obs) / sum(exp) for e in exp]).pvalue > ALPHA
+    assert two_token_pvalue(counts, exact) > ALPHA
 
 
 def test_confidence_keeps_only_likely_guesses(tiny_pair, prompts, trained):

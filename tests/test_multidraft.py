@@ -9,6 +9,7 @@ import types
 
 import pytest
 import torch
+from exact_dist import exact_two_token_probs, two_token_pvalue
 from scipy.stats import chisquare
 
 from specviz import verify
@@ -18,7 +19,7 @@ from specviz.events import trace_from_json, trace_to_json
 from specviz.lab.batch import batch_sweep
 from specviz.models import LM, perturbed_copy
 from specviz.proposers import STRATEGIES, DraftModelProposer, MultiDraftProposer, build_proposer
-from specviz.sampling import Sampler, probs_from_logits
+from specviz.sampling import Sampler
 
 ALPHA = 1e-3  # a correct rule fails a test at this rate; a biased one fails with p-values near 0
 
@@ -223,19 +224,6 @@ def test_greedy_rule_keeps_the_candidate_matching_the_argmax():
 # ------------------------------------------------------------- the engine, end to end
 
 
-def _exact_two_token_probs(target: LM, prompt: list[int], cfg: GenConfig) -> dict[tuple[int, int], float]:
-    def next_probs(ids: list[int]) -> torch.Tensor:
-        target.reset()
-        return probs_from_logits(target.forward(ids)[-1], cfg.temperature, cfg.top_k, cfg.top_p)
-
-    p1 = next_probs(prompt)
-    out = {}
-    for x1 in range(p1.shape[0]):
-        p2 = next_probs(prompt + [x1])
-        out.update({(x1, x2): float(p1[x1] * p2[x2]) for x2 in range(p2.shape[0])})
-    return out
-
-
 @pytest.mark.parametrize("drafts", [2, 4])
 def test_engine_sampling_matches_target_joint_distribution(small_vocab_pair, drafts):
     """Two-token outputs of the full engine (batched drafting, one batched target pass, cache rows kept and cropped)
@@ -243,19 +231,13 @@ def test_engine_sampling_matches_target_joint_distribution(small_vocab_pair, dra
     target, draft = small_vocab_pair
     prompt = [1, 2, 3]
     base = GenConfig(gamma=3, rule="sample", max_new_tokens=2, temperature=0.7, top_k=5, top_p=0.9)
-    exact = _exact_two_token_probs(target, prompt, base)
+    exact = exact_two_token_probs(target, prompt, base)
     proposer = MultiDraftProposer(draft, 3, drafts)
     n = 1500
     counts = dict.fromkeys(exact, 0)
     for seed in range(n):
         counts[tuple(run(target, proposer, prompt, base.with_(seed=seed), instrument=False).run().output_ids)] += 1
-    assert all(counts[k] == 0 for k in exact if exact[k] == 0)
-    keys = sorted(exact, key=exact.get, reverse=True)
-    big = [k for k in keys if exact[k] * n >= 5]
-    rest = [k for k in keys if k not in big and exact[k] > 0]  # pooled so that every cell expects at least 5
-    obs = [counts[k] for k in big] + ([sum(counts[k] for k in rest)] if rest else [])
-    exp = [exact[k] * n for k in big] + ([sum(exact[k] for k in rest) * n] if rest else [])
-    assert chisquare(obs, [e * sum(obs) / sum(exp) for e in exp]).pvalue > ALPHA
+    assert two_token_pvalue(counts, exact) > ALPHA
 
 
 def test_batched_rows_match_fresh_forwards(tiny_pair, prompts):

@@ -96,8 +96,11 @@ def self_distill(
 ) -> Distilled:
     """Greedy answers to every prompt, `batch` at a time (left-padded HF generate: a batched pass costs far less
     than one pass per row on a memory-bound CPU), keeping the final hidden state of every fed position."""
+    if not prompt_ids:
+        raise ConfigError("self-distillation needs at least one prompt")
+    device = next(model.parameters()).device
     captured: list[torch.Tensor] = []
-    hook = final_norm(model).register_forward_hook(lambda m, i, o: captured.append(o[:, -1].float().clone()))
+    hook = final_norm(model).register_forward_hook(lambda m, i, o: captured.append(o[:, -1].float().cpu()))
     hidden, tokens, starts = [], [], [0]
     eos = set(eos_ids)
     t0, n_tok = time.perf_counter(), 0
@@ -105,8 +108,8 @@ def self_distill(
         for b0 in range(0, len(prompt_ids), batch):
             group = [list(p) for p in prompt_ids[b0 : b0 + batch]]
             width = max(len(p) for p in group)
-            x = torch.tensor([[pad_id] * (width - len(p)) + p for p in group])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
+            x = torch.tensor([[pad_id] * (width - len(p)) + p for p in group], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
             captured.clear()
             out = model.generate(
                 input_ids=x,
@@ -119,7 +122,7 @@ def self_distill(
                 top_p=None,
                 top_k=None,
             )
-            gen = out[:, width:]  # (B, T)
+            gen = out[:, width:].cpu()  # (B, T)
             hs = torch.stack(captured[: gen.shape[1]], dim=1)  # (B, T, H): hs[:, s] predicts gen[:, s]
             if not torch.isfinite(hs).all():  # seen with float64 tiny models in padded batches
                 raise ConfigError("non-finite hidden states in a padded batch: generate with a batch of 1")

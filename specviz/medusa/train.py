@@ -66,10 +66,10 @@ def train_heads(
     torch.manual_seed(seed)
     labels = data.labels(count)  # (N, K), -100 past an answer's end
     vocab_ids = torch.unique(data.tokens)  # (V',) sorted
-    index = torch.full((lm_weight.shape[0],), -100, dtype=torch.long)
+    index = torch.full((lm_weight.shape[0],), -100, dtype=torch.long)  # token id -> draft-vocabulary position
     index[vocab_ids] = torch.arange(vocab_ids.numel())
     target = torch.where(labels >= 0, index[labels.clamp_min(0)], labels)  # labels as draft-vocabulary positions
-    rows = lm_weight[vocab_ids].detach().float()  # (V', H), frozen
+    rows = lm_weight[vocab_ids.to(lm_weight.device)].detach().float().cpu()  # (V', H), frozen; training runs on CPU
     train, held = split(data, heldout_every)
     heads = MedusaHeads(data.hidden.shape[1], count, vocab_ids, meta)
     opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)

@@ -31,8 +31,10 @@ strategies are ignored, so one options dict can serve while switching strategy; 
   medusa     trained helper heads on the target's last hidden state guess the next gamma tokens (at most one per
              head) with no draft model call (Cai et al. 2024). Needs a preset with `heads` (python -m specviz
              train-heads makes them).
-             confidence (float in [0, 1), 0 = off): keep guesses while the product of the heads' top probabilities
-                 stays at least this (the heads' own estimate that every guess so far is right).
+             confidence (float in [0, 1), default 0.3, 0 = off): keep guesses while the product of the heads' top
+                 probabilities stays at least this (the heads' own estimate that every guess so far is right). On
+                 our CPU a pass over 5 tokens costs about 1.7x a one-token pass, so unlikely guesses cost more than
+                 they win: on the code suite, 0.3 measured 1.34-1.41x over plain against 1.02-1.09x with 0.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from specviz.proposers.ngram import NgramProposer, find_candidates
 from specviz.proposers.options import opt_bool, opt_float, opt_int, opt_layers
 from specviz.proposers.random_guess import RandomProposer
 
+MEDUSA_CONFIDENCE = 0.3
 STRATEGIES = ("draft", "ngram", "medusa", "jacobi", "layerskip", "multidraft", "random", "plain")
 
 _MODEL_KNOBS = ("adaptive", "max_gamma", "confidence")
@@ -100,7 +103,8 @@ def build_proposer(name: str, pair: Any, cfg: GenConfig) -> Proposer:
     if name == "medusa":
         from specviz.medusa import heads_for
 
-        return MedusaProposer(pair.target, heads_for(pair), cfg.gamma, confidence)
+        conf = opt_float(opts, "confidence", MEDUSA_CONFIDENCE, 0.0, 1.0, name)
+        return MedusaProposer(pair.target, heads_for(pair), cfg.gamma, conf)
     if name == "draft":
         if pair.draft is None:
             raise ConfigError(f"preset {pair.preset!r} has no draft model: pick another strategy")
