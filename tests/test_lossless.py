@@ -7,13 +7,14 @@ import itertools
 
 import pytest
 import torch
+from exact_dist import exact_two_token_probs
 from scipy.stats import chisquare
 
 from specviz import verify
 from specviz.config import GenConfig
 from specviz.engine import run
 from specviz.proposers import DraftModelProposer
-from specviz.sampling import Sampler, probs_from_logits
+from specviz.sampling import Sampler
 
 ALPHA = 1e-3  # a correct rule fails a test at this rate; a broken one fails with p-values near 0
 
@@ -100,29 +101,13 @@ def test_always_accepting_fails_the_distribution_test(monkeypatch):
 # ------------------------------------------------------------- end to end on a model
 
 
-def _exact_two_token_probs(target, prompt: list[int], cfg: GenConfig) -> dict[tuple[int, int], float]:
-    """P(x1, x2) under the target with the run's temperature/top-k/top-p, by enumeration."""
-
-    def next_probs(ids):
-        target.reset()
-        return probs_from_logits(target.forward(ids)[-1], cfg.temperature, cfg.top_k, cfg.top_p)
-
-    p1 = next_probs(prompt)
-    out = {}
-    for x1 in range(p1.shape[0]):
-        p2 = next_probs(prompt + [x1])
-        for x2 in range(p2.shape[0]):
-            out[(x1, x2)] = float(p1[x1] * p2[x2])
-    return out
-
-
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.7, top_k=5, top_p=0.9)])
 def test_engine_sampling_matches_target_joint_distribution(small_vocab_pair, settings):
     """Two-token sequences from the full engine (draft model, gamma 3) follow the target's exact joint distribution."""
     target, draft = small_vocab_pair
     prompt = [1, 2, 3]
     base = GenConfig(gamma=3, rule="sample", max_new_tokens=2, **settings)
-    exact = _exact_two_token_probs(target, prompt, base)
+    exact = exact_two_token_probs(target, prompt, base)
     n = 6000
     counts = dict.fromkeys(exact, 0)
     for seed in range(n):
@@ -164,6 +149,6 @@ def test_identity_is_exercised_on_rejections(tiny_pair, prompts):
 
 def test_all_pairs_enumerated_sum_to_one(small_vocab_pair):
     target, _ = small_vocab_pair
-    exact = _exact_two_token_probs(target, [1, 2], GenConfig(rule="sample"))
+    exact = exact_two_token_probs(target, [1, 2], GenConfig(rule="sample"))
     assert abs(sum(exact.values()) - 1) < 1e-9
     assert len(exact) == 64 and all(isinstance(k, tuple) for k in itertools.islice(exact, 3))

@@ -140,12 +140,17 @@ def test_training_lowers_the_loss(trained):
     assert all(x == x for x in report.heldout_loss)  # no NaN
 
 
-def test_save_and_load_round_trip_exactly(tmp_path, trained, tiny_pair):
+def saved_heads(tmp_path, trained, tiny_pair):
+    """(target, trained heads, their file, its sha256), the file written for tokenizer fingerprint 'k1'."""
     target, _ = tiny_pair
     heads = trained[0]
     heads.meta.update({"vocab_size": target.vocab_size, "vocab_key": "k1"})
     path = tmp_path / "heads.safetensors"
-    sha = heads.save(path)
+    return target, heads, path, heads.save(path)
+
+
+def test_save_and_load_round_trip_exactly(tmp_path, trained, tiny_pair):
+    target, heads, path, sha = saved_heads(tmp_path, trained, tiny_pair)
     back = load_heads(path, heads.hidden, target.vocab_size, "k1", sha)
     assert back.count == heads.count and torch.equal(back.vocab_ids, heads.vocab_ids)
     for (n1, a), (n2, b) in zip(heads.state_dict().items(), back.state_dict().items()):
@@ -157,11 +162,7 @@ def test_save_and_load_round_trip_exactly(tmp_path, trained, tiny_pair):
 
 
 def test_bad_heads_files_are_clear_errors(tmp_path, trained, tiny_pair):
-    target, _ = tiny_pair
-    heads = trained[0]
-    heads.meta.update({"vocab_size": target.vocab_size, "vocab_key": "k1"})
-    path = tmp_path / "heads.safetensors"
-    sha = heads.save(path)
+    target, heads, path, sha = saved_heads(tmp_path, trained, tiny_pair)
     with pytest.raises(ConfigError, match="missing"):
         load_heads(tmp_path / "nope.safetensors", heads.hidden, target.vocab_size)
     with pytest.raises(ConfigError, match="checksum"):
