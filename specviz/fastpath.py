@@ -1,6 +1,6 @@
-"""CPU fast paths, chosen by measurement on our 2-core AVX2 machine: our few-row float32 kernel (specviz/kernels) for
-decode and verification passes with BLAS for prefill (oneDNN linear layers where the kernel cannot be built), and for
-the draft model only, bfloat16 weights in its few-row (decode) passes."""
+"""CPU fast paths, chosen by measurement on our 2-core AVX2 machine: our packed-weight kernel (specviz/kernels) for
+every pass of the target (float32 weights) and of the draft model (bfloat16 weights, float32 arithmetic); where the
+kernel cannot be built, oneDNN linear layers, and for the draft bf16 weights in its few-row passes."""
 
 from __future__ import annotations
 
@@ -31,14 +31,14 @@ def use_bf16_draft(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def target_fast_path(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
-    """The target's linear layers on CPU float32: our kernel for passes of up to 16 rows when it builds (it streams
-    the weights once for all rows, so a 5-token verification costs little more than a 1-token pass, and keeps no
-    second copy of the weights), else oneDNN. -> (model, what was used)"""
-    from specviz.kernels import small_linear_op, swap_linears
+    """The target's linear layers on CPU float32: our kernel when it builds (it streams the weights once for all rows,
+    so a 5-token verification costs little more than a 1-token pass; it holds only the packed weights), else oneDNN.
+    -> (model, what was used)"""
+    from specviz.kernels import kernel, swap_linears
 
-    op, why = small_linear_op()
-    if op is not None:
-        return swap_linears(model), "specviz few-row kernel + BLAS prefill"
+    ops, why = kernel()
+    if ops is not None:
+        return swap_linears(model), "specviz packed kernel"
     return cpu_fast_path(model), f"mkldnn (kernel {why})"
 
 
@@ -61,12 +61,12 @@ class DraftLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear, wide: bool = True) -> None:
         from torch.utils.mkldnn import MkldnnLinear
 
-        from specviz.kernels import SmallLinear, small_linear_op
+        from specviz.kernels import PackedLinear, kernel
 
         super().__init__()
         self.wide: torch.nn.Module | None = None
         if wide:
-            self.wide = SmallLinear(linear) if small_linear_op()[0] is not None else MkldnnLinear(linear, torch.float32)
+            self.wide = PackedLinear(linear) if kernel()[0] is not None else MkldnnLinear(linear, torch.float32)
         self.register_buffer("weight16", linear.weight.detach().to(torch.bfloat16))
         self.register_buffer("bias16", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
 
@@ -77,13 +77,19 @@ class DraftLinear(torch.nn.Module):
         return torch.nn.functional.linear(x.to(torch.bfloat16), self.weight16, self.bias16).to(x.dtype)
 
 
-def draft_fast_path(model: torch.nn.Module, min_params: int = MIN_PARAMS) -> torch.nn.Module:
-    """Every nn.Linear of a float32 draft becomes a DraftLinear, in place. The LM head keeps no float32 copy: the
-    draft asks it for one row at a time. Drafts under min_params get plain oneDNN: tiny passes are overhead-bound."""
+def draft_fast_path(model: torch.nn.Module, min_params: int = MIN_PARAMS) -> tuple[torch.nn.Module, str]:
+    """A float32 draft's linear layers: our kernel over bf16 weights for every pass when it builds (half the bytes to
+    stream, a quarter of the float32 + bf16 memory); else a DraftLinear each (bf16 for few rows, oneDNN float32 for
+    more; the LM head keeps no float32 copy: the draft asks it for one row at a time). Drafts under min_params get
+    plain oneDNN: tiny passes are overhead-bound. -> (model, what was used)"""
+    from specviz.kernels import kernel, swap_linears
+
     if sum(p.numel() for p in model.parameters()) < min_params:
-        return cpu_fast_path(model)
+        return cpu_fast_path(model), "mkldnn (small draft)"
+    if kernel()[0] is not None:
+        return swap_linears(model, dtype=torch.bfloat16), "specviz packed kernel, bf16 weights"
     _swap(model)
-    return model
+    return model, f"bf16 decode + oneDNN float32 for longer passes (kernel {kernel()[1]})"
 
 
 def _swap(module: torch.nn.Module) -> None:

@@ -242,10 +242,10 @@ def load_pair(
         codec = tcodec
         if spec.get("draft"):
             draft, dcodec, dinfo = _load_one(
-                spec["draft"], dt, spec.get("chat", True), _scaled(progress, 0.7, 1.0, "draft")
+                spec["draft"], dt, spec.get("chat", True), _scaled(progress, 0.7, 1.0, "draft"), share=tcodec
             )
             info["draft"] = dinfo
-            if dcodec.vocab_key() != tcodec.vocab_key():
+            if dcodec.tok is not tcodec.tok and dcodec.vocab_key() != tcodec.vocab_key():
                 raise ConfigError(
                     f"preset {preset!r}: the draft's tokenizer differs from the target's; speculative decoding "
                     "needs one vocabulary for both"
@@ -255,7 +255,7 @@ def load_pair(
         target, info["linear"] = target_fast_path(target)
         if draft is not None:
             if use_bf16_draft(dev, dt):
-                draft, info["draft_linear"] = draft_fast_path(draft), "bf16 decode + float32 for longer passes"
+                draft, info["draft_linear"] = draft_fast_path(draft)
             else:
                 draft, info["draft_linear"] = target_fast_path(draft)
     info["load_s"] = round(time.perf_counter() - t0, 2)
@@ -278,7 +278,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file read into ordinary memory, tensor by tensor, with no memory map: transformers maps the
     file, and its pages then counted as resident beside the converted weights (measured: peak 17 GB for the pair)."""
     out: dict[str, torch.Tensor] = {}
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:  # unbuffered: big reads go straight into the tensors
         size = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(size))
         for name, entry in header.items():
@@ -288,10 +288,13 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                 raise ConfigError(f"{path}: tensor {name} has dtype {entry['dtype']}, which this reader does not know")
             start, end = entry["data_offsets"]
             t = torch.empty(entry["shape"], dtype=_ST_DTYPES[entry["dtype"]])
-            if end > start:
-                f.seek(8 + size + start)
-                if f.readinto(memoryview(t.view(torch.uint8).reshape(-1).numpy())) != end - start:
+            f.seek(8 + size + start)
+            view, done = memoryview(t.view(torch.uint8).reshape(-1).numpy()), 0
+            while done < end - start:  # a raw read may return less than asked (Linux caps one read near 2 GiB)
+                n = f.readinto(view[done:])
+                if not n:
                     raise ConfigError(f"{path} is truncated at tensor {name}: delete the folder to rebuild it")
+                done += n
             out[name] = t
     return out
 
@@ -323,7 +326,11 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(i for i in {*ids, tokenizer.eos_token_id, extra} if i is not None)
 
 
-def _load_one(src: dict[str, Any], dtype: torch.dtype, chat: bool, progress: Progress) -> tuple[Any, HFCodec, dict]:
+def _load_one(
+    src: dict[str, Any], dtype: torch.dtype, chat: bool, progress: Progress, share: HFCodec | None = None
+) -> tuple[Any, HFCodec, dict]:
+    """One model and its codec; `share`: a codec whose tokenizer to reuse when this model's tokenizer files are the
+    same bytes (the embedded pair's are: building a Qwen tokenizer takes seconds)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind = src.get("source")
@@ -336,7 +343,10 @@ def _load_one(src: dict[str, Any], dtype: torch.dtype, chat: bool, progress: Pro
         raise ConfigError(f"unknown model source {kind!r}: use embedded, hub or random")
     try:
         progress(0.9, "loading weights")
-        tok = AutoTokenizer.from_pretrained(path, **load_kw)
+        if share is not None and _same_tokenizer_files(Path(share.tok.name_or_path), Path(path)):
+            tok = share.tok
+        else:
+            tok = AutoTokenizer.from_pretrained(path, **load_kw)
         if kind == "embedded":
             model = _from_folder(Path(path), dtype)
         else:
@@ -344,6 +354,14 @@ def _load_one(src: dict[str, Any], dtype: torch.dtype, chat: bool, progress: Pro
     except OSError as e:
         raise ConfigError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from e
     return model, HFCodec(tok, _eos_ids(model, tok), chat), info
+
+
+def _same_tokenizer_files(a: Path, b: Path) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+    try:
+        return a.is_dir() and b.is_dir() and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    except OSError:
+        return False
 
 
 def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict]:

@@ -1,5 +1,6 @@
-"""CPU fast paths: the bf16-decode draft linear matches float32 closely for few rows and exactly (float32)
-for many, and a draft running it keeps speculative output identical to plain decoding."""
+"""CPU fast paths for the draft: our kernel over bf16 weights (or, without it, the bf16-decode DraftLinear, close to
+float32 for few rows and float32 for many), and a draft running either keeps speculative output identical to plain
+decoding."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from specviz.config import GenConfig
 from specviz.engine import run
 from specviz.fastpath import BF16_MAX_ROWS, DraftLinear, draft_fast_path
+from specviz.kernels import PackedLinear, kernel
 from specviz.models import LM, CharCodec, perturbed_copy, tiny_model
 from specviz.proposers import DraftModelProposer
 
@@ -33,9 +35,13 @@ def test_draft_linear_rows_pick_the_kernel():
 def test_draft_fast_path_swaps_every_linear_and_stays_lossless():
     codec = CharCodec()
     target = tiny_model(codec.vocab_size, seed=0, dtype=torch.float32, init=0.2)
-    draft = draft_fast_path(perturbed_copy(target, noise=0.03, seed=1), min_params=0)
+    draft, how = draft_fast_path(perturbed_copy(target, noise=0.03, seed=1), min_params=0)
     assert not any(type(m) is torch.nn.Linear for m in draft.modules())
-    assert sum(isinstance(m, DraftLinear) for m in draft.modules()) > 0
+    if kernel()[0] is not None:
+        packed = [m for m in draft.modules() if isinstance(m, PackedLinear)]
+        assert packed and all(m.packed.dtype == torch.bfloat16 for m in packed) and "bf16" in how
+    else:
+        assert sum(isinstance(m, DraftLinear) for m in draft.modules()) > 0
     t, d = LM(target, "target"), LM(draft, "draft")
     ids = codec.encode("def add(a, b):\n    return")
     cfg = GenConfig(gamma=4, max_new_tokens=60)
@@ -47,5 +53,5 @@ def test_draft_fast_path_swaps_every_linear_and_stays_lossless():
 
 def test_small_drafts_keep_plain_onednn():
     model = tiny_model(CharCodec().vocab_size, seed=0, dtype=torch.float32)
-    out = draft_fast_path(model)  # far below MIN_PARAMS
+    out, _ = draft_fast_path(model)  # far below MIN_PARAMS
     assert not any(isinstance(m, DraftLinear) for m in out.modules())

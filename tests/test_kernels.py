@@ -1,5 +1,6 @@
-"""Our few-row float32 linear kernel: it builds here, matches torch's linear, gives each row bitwise the same result
-whatever rows come with it, hands long passes to BLAS, and keeps a model's greedy output unchanged."""
+"""Our packed linear kernel (float32 or bf16 weights): it builds here, matches torch's linear for every pass length
+(decode, verification, prefill), gives each row bitwise the same result whatever rows come with it, packs and unpacks
+weights exactly (a tied input embedding reads the packed LM head), and keeps a model's greedy output unchanged."""
 
 from __future__ import annotations
 
@@ -9,31 +10,34 @@ import torch
 from specviz.config import GenConfig
 from specviz.engine import run
 from specviz.fastpath import target_fast_path
-from specviz.kernels import MAX_ROWS, SmallLinear, small_linear_op, swap_linears
-from specviz.models import LM, CharCodec, tiny_model
+from specviz.kernels import PackedEmbedding, PackedLinear, kernel, swap_linears, unpack_rows
+from specviz.models import LM, CharCodec, tiny_config, tiny_model
 from specviz.proposers import NgramProposer
 
-OP, WHY = small_linear_op()
-needs_kernel = pytest.mark.skipif(OP is None, reason=f"kernel unavailable here: {WHY}")
+OPS, WHY = kernel()
+needs_kernel = pytest.mark.skipif(OPS is None, reason=f"kernel unavailable here: {WHY}")
+ROWS = (*range(1, 15), 19, 40)  # every tile shape: 1..6 rows, 7..12 rows, and longer passes in 6-row tiles
 
 
 def test_kernel_builds_on_our_machines():
     """CI runs on AVX2 machines with a C++ compiler: there the kernel must build (else the speed claims lapse)."""
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        assert OP is not None, WHY
+        assert OPS is not None, WHY
 
 
 @needs_kernel
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(96, 64), (37, 200), (300, 13)])
+@pytest.mark.parametrize("shape", [(96, 64), (37, 200), (300, 13), (16, 1)])
 def test_matches_torch_linear_for_every_row_count(bias, shape):
-    n, k = shape
+    n, k = shape  # 37 and 300 are not multiples of 16: the last block is padded
     torch.manual_seed(n + k)
     w, b = torch.randn(n, k), torch.randn(n) if bias else torch.empty(0)
-    x = torch.randn(MAX_ROWS, k, dtype=torch.float64).float()
+    packed = OPS.pack_weight(w)
+    assert packed.shape == ((n + 15) // 16, k, 16)
+    x = torch.randn(max(ROWS), k, dtype=torch.float64).float()
     ref = torch.nn.functional.linear(x.double(), w.double(), b.double() if bias else None)
-    for m in range(1, MAX_ROWS + 1):
-        y = OP(x[:m], w, b)
+    for m in ROWS:
+        y = OPS.packed_linear(x[:m], packed, b, n)
         torch.testing.assert_close(y.double(), ref[:m], rtol=1e-5, atol=1e-4)
 
 
@@ -41,23 +45,73 @@ def test_matches_torch_linear_for_every_row_count(bias, shape):
 def test_each_row_is_bitwise_the_same_in_any_batch():
     torch.manual_seed(0)
     w, b = torch.randn(200, 136), torch.randn(200)
-    x = torch.randn(MAX_ROWS, 136)
-    alone = torch.cat([OP(x[i : i + 1], w, b) for i in range(MAX_ROWS)])
-    for m in range(2, MAX_ROWS + 1):
-        assert torch.equal(OP(x[:m], w, b), alone[:m]), m
-        assert torch.equal(OP(x[m - 1 :], w, b)[0], alone[m - 1])  # also as the first row of another batch
+    packed = OPS.pack_weight(w)
+    x = torch.randn(max(ROWS), 136)
+    alone = torch.cat([OPS.packed_linear(x[i : i + 1], packed, b, 200) for i in range(max(ROWS))])
+    for m in ROWS[1:]:
+        assert torch.equal(OPS.packed_linear(x[:m], packed, b, 200), alone[:m]), m
+        assert torch.equal(OPS.packed_linear(x[m - 1 :], packed, b, 200)[0], alone[m - 1])  # as another batch's first
 
 
-def test_small_linear_module_shares_weights_and_falls_back_for_long_passes():
+@needs_kernel
+def test_bf16_weights_are_widened_exactly_and_batch_invariant():
+    """The draft's bf16 packed weights: float32 arithmetic on the exactly widened weights, any batch."""
+    torch.manual_seed(2)
+    w, b = torch.randn(70, 96), torch.randn(70)
+    w16 = w.to(torch.bfloat16)
+    packed = OPS.pack_weight(w16)
+    assert packed.dtype == torch.bfloat16 and torch.equal(unpack_rows(packed, torch.arange(70)), w16)
+    x = torch.randn(max(ROWS), 96)
+    ref = torch.nn.functional.linear(x.double(), w16.double(), b.double())
+    alone = torch.cat([OPS.packed_linear(x[i : i + 1], packed, b, 70) for i in range(max(ROWS))])
+    torch.testing.assert_close(alone.double(), ref, rtol=1e-5, atol=1e-4)
+    for m in ROWS:
+        assert torch.equal(OPS.packed_linear(x[:m], packed, b, 70), alone[:m]), m
+
+
+@needs_kernel
+def test_wrong_shapes_are_clear_errors():
+    packed = OPS.pack_weight(torch.randn(40, 24))
+    with pytest.raises(RuntimeError, match="input width 23"):
+        OPS.packed_linear(torch.randn(2, 23), packed, torch.empty(0), 40)
+    with pytest.raises(RuntimeError, match="N=60"):
+        OPS.packed_linear(torch.randn(2, 24), packed, torch.empty(0), 60)
+
+
+@needs_kernel
+def test_packed_linear_module_matches_and_unpacks_exactly():
     torch.manual_seed(1)
     lin = torch.nn.Linear(48, 40)
-    fast = SmallLinear(lin)
-    assert fast.weight.data_ptr() == lin.weight.data_ptr()  # no second copy
+    fast = PackedLinear(lin)
+    assert torch.equal(fast.weight, lin.weight)  # packing loses nothing
+    assert not any(p.data_ptr() == lin.weight.data_ptr() for p in fast.parameters())
+    ids = torch.tensor([[0, 17], [39, 16]])
+    assert torch.equal(unpack_rows(fast.packed, ids), lin.weight[ids])
     with torch.no_grad():
-        for rows in (1, 5, MAX_ROWS, MAX_ROWS + 1, 70):
+        for rows in (1, 5, 16, 70):
             x = torch.randn(1, rows, 48)
             torch.testing.assert_close(fast(x), lin(x), rtol=1e-5, atol=1e-5)
             assert fast(x).shape == (1, rows, 40)
+
+
+@needs_kernel
+def test_tied_embedding_reads_the_packed_head_and_output_is_unchanged():
+    from transformers import AutoModelForCausalLM
+
+    codec = CharCodec()
+    cfg = tiny_config(codec.vocab_size, init=0.2)
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    ids = codec.encode("for i in range(10):\n    print(i)\n")
+    before = run(LM(model, "t"), None, ids, GenConfig(max_new_tokens=40)).run().output_ids
+    table = model.get_input_embeddings().weight.detach().clone()
+    swap_linears(model)
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, PackedEmbedding) and emb.head[0] is model.get_output_embeddings()
+    assert torch.equal(emb(torch.arange(codec.vocab_size)), table)
+    assert run(LM(model, "t"), None, ids, GenConfig(max_new_tokens=40)).run().output_ids == before
 
 
 def test_fast_target_keeps_greedy_output_identical():
@@ -67,13 +121,14 @@ def test_fast_target_keeps_greedy_output_identical():
     cfg = GenConfig(gamma=6, max_new_tokens=60)
     plain = run(LM(model, "t"), None, ids, cfg).run()
     fast, how = target_fast_path(tiny_model(codec.vocab_size, seed=0, init=0.2))
-    assert ("kernel" in how) == (OP is not None)
+    assert ("kernel" in how) == (OPS is not None)
     lm = LM(fast, "fast")
     assert run(lm, None, ids, cfg).run().output_ids == plain.output_ids
     spec = run(lm, NgramProposer(6), ids, cfg).run()
     assert spec.output_ids == plain.output_ids and spec.accepted > 0
 
 
+@needs_kernel
 def test_swap_leaves_named_layers_alone():
     model = tiny_model(CharCodec().vocab_size, seed=0)
     swap_linears(model, skip=("lm_head",))

@@ -4,6 +4,7 @@ rejects files made for another model."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -12,7 +13,8 @@ from exact_dist import exact_two_token_probs, two_token_pvalue
 
 from specviz.config import ConfigError, GenConfig
 from specviz.engine import run
-from specviz.medusa import heads_for, lm_head_weight
+from specviz.kernels import kernel, swap_linears
+from specviz.medusa import heads_for, lm_head_rows, lm_head_weight
 from specviz.medusa.data import self_distill
 from specviz.medusa.heads import MedusaHeads, load_heads, sha256_of
 from specviz.medusa.heads import random_heads as make_random_heads
@@ -159,6 +161,17 @@ def test_save_and_load_round_trip_exactly(tmp_path, trained, tiny_pair):
     back.bind(lm_head_weight(target.model))
     h = torch.randn(heads.hidden, dtype=torch.float64)
     assert back.guess(h) == heads.guess(h)
+
+
+@pytest.mark.skipif(kernel()[0] is None, reason="needs our packed linear kernel")
+def test_heads_bind_to_a_packed_lm_head_without_unpacking_all_of_it(trained, tiny_pair):
+    model = copy.deepcopy(tiny_pair[0].model).float()
+    heads = copy.deepcopy(trained[0]).float()
+    want = heads.bind(lm_head_weight(model))._rows.clone()
+    packed = swap_linears(model)
+    reader = lm_head_rows(packed)
+    assert callable(reader)  # rows are read from the packed weight, not from a full unpacked copy
+    assert torch.equal(heads.bind(reader)._rows, want)
 
 
 def test_bad_heads_files_are_clear_errors(tmp_path, trained, tiny_pair):

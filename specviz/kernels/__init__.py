@@ -1,21 +1,22 @@
-"""Our float32 few-row linear kernel (small_linear.cpp), built once with the local C++ compiler on first use, and the
-module that uses it for decode and verification passes; anything else (prefill, no compiler, no AVX2) falls back."""
+"""Our linear kernel over packed float32 or bfloat16 weights (packed_linear.cpp), built once with the local C++ compiler
+on first use, and the modules that use it: linear layers (and a tied input embedding) holding only the packed weight."""
 
 from __future__ import annotations
 
 import functools
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-SOURCE = Path(__file__).with_name("small_linear.cpp")
-MAX_ROWS = 16  # above this a pass is compute-bound (prefill) and BLAS wins
+SOURCE = Path(__file__).with_name("packed_linear.cpp")
+LANES = 16  # outputs per packed block (packed_linear.cpp)
 
 
 @functools.cache
-def small_linear_op() -> tuple[object | None, str]:
-    """(the compiled op or None, why not). SPECVIZ_KERNEL=0 turns it off."""
+def kernel() -> tuple[SimpleNamespace | None, str]:
+    """(the compiled ops pack_weight / packed_linear, or None; what happened). SPECVIZ_KERNEL=0 turns it off."""
     if os.environ.get("SPECVIZ_KERNEL", "1") == "0":
         return None, "off (SPECVIZ_KERNEL=0)"
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -24,39 +25,86 @@ def small_linear_op() -> tuple[object | None, str]:
         from torch.utils.cpp_extension import load
 
         mod = load(
-            name="specviz_small_linear",
+            name="specviz_packed_linear",
             sources=[str(SOURCE)],
             extra_cflags=["-O3", "-march=native", "-mavx2", "-mfma", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
-        return mod.small_linear, "compiled"
+        return SimpleNamespace(pack_weight=mod.pack_weight, packed_linear=mod.packed_linear), "compiled"
     except Exception as e:  # no compiler, no ninja, a build error: the model still runs on BLAS
         return None, f"build failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
 
 
-class SmallLinear(torch.nn.Module):
-    """nn.Linear (float32, CPU) whose passes of at most MAX_ROWS rows run our kernel; longer ones run torch's."""
+def unpack_rows(packed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows `ids` of the (N, K) weight that `packed` (N/16, K, 16) holds: ids.shape + (K,), bitwise the original's."""
+    return packed[torch.div(ids, LANES, rounding_mode="floor"), :, ids % LANES]
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+
+class PackedLinear(torch.nn.Module):
+    """nn.Linear (CPU, float32 in and out) holding only its packed weight, float32 or bfloat16 (the original is
+    released once nothing else holds it), run by our kernel for every pass: each row's result is the same whatever
+    rows come with it."""
+
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        ops = kernel()[0]
+        if ops is None:
+            raise RuntimeError(f"packed linear kernel unavailable: {kernel()[1]}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = torch.nn.Parameter(linear.weight.detach().contiguous(), requires_grad=False)
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.packed = torch.nn.Parameter(ops.pack_weight(linear.weight.detach().to(dtype)), requires_grad=False)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
         self._empty = torch.empty(0)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The (N, K) weight, unpacked: a new tensor each time (for callers that need the matrix, e.g. Medusa)."""
+        return unpack_rows(self.packed, torch.arange(self.out_features))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = small_linear_op()[0]
-        if op is not None and x.numel() <= MAX_ROWS * self.in_features and x.dtype == torch.float32:
-            return op(x, self.weight, self._empty if self.bias is None else self.bias)  # type: ignore[operator]
-        return torch.nn.functional.linear(x, self.weight, self.bias)
+        ops = kernel()[0]
+        bias = self._empty if self.bias is None else self.bias
+        return ops.packed_linear(x.float(), self.packed, bias, self.out_features).to(x.dtype)  # type: ignore[union-attr]
 
 
-def swap_linears(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> torch.nn.Module:
-    """Every nn.Linear not named in `skip` becomes a SmallLinear sharing its weight, in place."""
+class PackedEmbedding(torch.nn.Module):
+    """An input embedding tied to a PackedLinear LM head, reading its rows from the packed weight (no second copy)."""
+
+    def __init__(self, head: PackedLinear, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.head = [head]  # a list, so the head's weight is not registered twice as a parameter
+        self.num_embeddings, self.embedding_dim, self.padding_idx = head.out_features, head.in_features, padding_idx
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head[0].weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return unpack_rows(self.head[0].packed, ids).float()  # bf16 -> float32 is exact
+
+
+def swap_linears(
+    module: torch.nn.Module, skip: tuple[str, ...] = (), dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
+    """Every nn.Linear not named in `skip` becomes a PackedLinear holding `dtype` weights, in place, one at a time (so
+    packing takes one layer's worth of extra memory); an input embedding tied to the LM head reads the packed head."""
+    get_in = getattr(module, "get_input_embeddings", None)
+    get_out = getattr(module, "get_output_embeddings", None)
+    emb, head = (get_in(), get_out()) if get_in and get_out else (None, None)
+    tied = isinstance(emb, torch.nn.Embedding) and isinstance(head, torch.nn.Linear) and emb.weight is head.weight
+    _swap(module, skip, dtype)
+    if tied:
+        packed_head = module.get_output_embeddings()
+        if isinstance(packed_head, PackedLinear):
+            module.set_input_embeddings(PackedEmbedding(packed_head, emb.padding_idx))  # type: ignore[union-attr]
+    return module
+
+
+def _swap(module: torch.nn.Module, skip: tuple[str, ...], dtype: torch.dtype) -> None:
     for name, child in list(module.named_children()):
         if isinstance(child, torch.nn.Linear) and name not in skip:
-            setattr(module, name, SmallLinear(child))
+            setattr(module, name, PackedLinear(child, dtype))
+            child.weight = None  # type: ignore[assignment]  # drop our reference now, not at the end of the walk
         else:
-            swap_linears(child, skip)
-    return module
+            _swap(child, skip, dtype)

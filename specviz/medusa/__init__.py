@@ -3,22 +3,32 @@ the lookup of a preset's shipped heads."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from specviz.config import ConfigError
+from specviz.kernels import PackedLinear, unpack_rows
 from specviz.medusa.heads import MedusaHeads, load_heads
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
-    """The LM head's (V, H) float weight, whatever linear kernel holds it (dense, oneDNN, ours)."""
+    """The LM head's (V, H) float weight, whatever linear kernel holds it (dense, oneDNN, ours: unpacked, a copy)."""
     head = model.get_output_embeddings()
     w = head.weight
     return w.to_dense() if w.is_mkldnn else w.detach()
+
+
+def lm_head_rows(model: torch.nn.Module) -> torch.Tensor | Callable[[torch.Tensor], torch.Tensor]:
+    """What MedusaHeads.bind takes: the LM head's weight, or for our packed head a reader of some of its rows."""
+    head = model.get_output_embeddings()
+    if isinstance(head, PackedLinear):
+        return lambda ids: unpack_rows(head.packed, ids.to(head.packed.device))
+    return lm_head_weight(model)
 
 
 def heads_for(pair: Any) -> MedusaHeads:
@@ -35,8 +45,8 @@ def heads_for(pair: Any) -> MedusaHeads:
     path = path if path.is_absolute() else ROOT / path
     cfg = pair.target.model.config
     heads = load_heads(path, cfg.hidden_size, cfg.vocab_size, pair.codec.vocab_key(), spec.get("sha256"))
-    pair.heads = heads.bind(lm_head_weight(pair.target.model)).to(pair.target.device)
+    pair.heads = heads.bind(lm_head_rows(pair.target.model)).to(pair.target.device)
     return pair.heads
 
 
-__all__ = ["MedusaHeads", "heads_for", "lm_head_weight", "load_heads"]
+__all__ = ["MedusaHeads", "heads_for", "lm_head_rows", "lm_head_weight", "load_heads"]

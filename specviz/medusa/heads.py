@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,11 @@ class MedusaHeads(torch.nn.Module):
         """(N, H) -> (count, N, V') scores over the draft vocabulary, given the LM head's rows (V', H)."""
         return self.states(h) @ rows.T
 
-    def bind(self, lm_weight: torch.Tensor) -> MedusaHeads:
-        """Keep the target LM head's rows at vocab_ids (a copy of V' rows, the only part of it the heads read)."""
-        self._rows = lm_weight[self.vocab_ids.to(lm_weight.device)].to(self.blocks[0].linear.weight.dtype).clone()
+    def bind(self, lm_weight: torch.Tensor | Callable[[torch.Tensor], torch.Tensor]) -> MedusaHeads:
+        """Keep the target LM head's rows at vocab_ids (a copy of V' rows, the only part of it the heads read), given
+        its (V, H) weight or a function from row ids to rows (a packed head: no full copy)."""
+        rows = lm_weight(self.vocab_ids) if callable(lm_weight) else lm_weight[self.vocab_ids.to(lm_weight.device)]
+        self._rows = rows.to(self.blocks[0].linear.weight.dtype).clone()
         return self
 
     @torch.inference_mode()
