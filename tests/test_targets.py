@@ -44,6 +44,7 @@ def test_checks_report_ratios_and_identity(tiny):
     ]
     assert log and all(math.isfinite(r.ratio) and r.ratio > 0 for r in rows)
     assert all(r.identical is True for r in rows)  # lossless against plain and against HF
+    assert [r.target for r in rows[2:]] == ["3 vs HF assisted", "3 (info) loop only", "3 (info) HF settings"]
     table = tg.format_targets(rows)
     assert table.count("\n") == len(rows) + 1 and "fair baseline" in table
 
