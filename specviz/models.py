@@ -245,7 +245,8 @@ def load_pair(
                 spec["draft"], dt, spec.get("chat", True), _scaled(progress, 0.7, 1.0, "draft"), share=tcodec
             )
             info["draft"] = dinfo
-            if dcodec.tok is not tcodec.tok and dcodec.vocab_key() != tcodec.vocab_key():
+            shared = isinstance(dcodec, HFCodec) and isinstance(tcodec, HFCodec) and dcodec.tok is tcodec.tok
+            if not shared and dcodec.vocab_key() != tcodec.vocab_key():
                 raise ConfigError(
                     f"preset {preset!r}: the draft's tokenizer differs from the target's; speculative decoding "
                     "needs one vocabulary for both"

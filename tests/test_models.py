@@ -97,7 +97,7 @@ def test_pair_with_different_tokenizers_is_refused(monkeypatch):
         def vocab_key(self):
             return self.key
 
-    monkeypatch.setattr(models, "_load_one", lambda src, *a: (object(), FakeCodec(src["id"]), {}))
+    monkeypatch.setattr(models, "_load_one", lambda src, *a, **k: (object(), FakeCodec(src["id"]), {}))
     with pytest.raises(ConfigError, match="tokenizer differs"):
         load_pair("mixed", spec=spec)
 
