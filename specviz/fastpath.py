@@ -80,12 +80,12 @@ class DraftLinear(torch.nn.Module):
 def draft_fast_path(model: torch.nn.Module, min_params: int = MIN_PARAMS) -> tuple[torch.nn.Module, str]:
     """A float32 draft's linear layers: our kernel over bf16 weights for every pass when it builds (half the bytes to
     stream, a quarter of the float32 + bf16 memory); else a DraftLinear each (bf16 for few rows, oneDNN float32 for
-    more; the LM head keeps no float32 copy: the draft asks it for one row at a time). Drafts under min_params get
-    plain oneDNN: tiny passes are overhead-bound. -> (model, what was used)"""
+    more; the LM head keeps no float32 copy: the draft asks it for one row at a time). Drafts under min_params are
+    treated as a target (float32): bf16 saves nothing where a pass is overhead-bound. -> (model, what was used)"""
     from specviz.kernels import kernel, swap_linears
 
     if sum(p.numel() for p in model.parameters()) < min_params:
-        return cpu_fast_path(model), "mkldnn (small draft)"
+        return target_fast_path(model)
     if kernel()[0] is not None:
         return swap_linears(model, dtype=torch.bfloat16), "specviz packed kernel, bf16 weights"
     _swap(model)

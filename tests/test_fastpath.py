@@ -51,7 +51,10 @@ def test_draft_fast_path_swaps_every_linear_and_stays_lossless():
     assert spec.accepted > 0 and spec.steps < plain.steps
 
 
-def test_small_drafts_keep_plain_onednn():
+def test_small_drafts_run_like_a_target_in_float32():
     model = tiny_model(CharCodec().vocab_size, seed=0, dtype=torch.float32)
     out, _ = draft_fast_path(model)  # far below MIN_PARAMS
     assert not any(isinstance(m, DraftLinear) for m in out.modules())
+    if kernel()[0] is not None:
+        assert all(m.packed.dtype == torch.float32 for m in out.modules() if isinstance(m, PackedLinear))
+        assert any(isinstance(m, PackedLinear) for m in out.modules())
