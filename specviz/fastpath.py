@@ -52,21 +52,17 @@ def cpu_fast_path(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class DraftLinear(torch.nn.Module):
-    """A draft model's linear layer holding its weight twice: bf16 (dense) for passes of at most BF16_MAX_ROWS rows,
-    where streaming half the bytes makes a decode step about twice as fast, and float32 (our kernel or oneDNN) for
-    longer passes.
+    """Where our kernel cannot be built, a draft model's linear layer holding its weight twice: bf16 (dense) for passes
+    of at most BF16_MAX_ROWS rows, where streaming half the bytes makes a decode step about twice as fast, and float32
+    oneDNN for longer passes.
     Inputs and outputs stay float32. Only drafts use it: a draft only guesses, and every guess is verified by the
     float32 target, so output stays identical; the cost is a slightly different q (shown as such)."""
 
     def __init__(self, linear: torch.nn.Linear, wide: bool = True) -> None:
         from torch.utils.mkldnn import MkldnnLinear
 
-        from specviz.kernels import PackedLinear, kernel
-
         super().__init__()
-        self.wide: torch.nn.Module | None = None
-        if wide:
-            self.wide = PackedLinear(linear) if kernel()[0] is not None else MkldnnLinear(linear, torch.float32)
+        self.wide = MkldnnLinear(linear, torch.float32) if wide else None
         self.register_buffer("weight16", linear.weight.detach().to(torch.bfloat16))
         self.register_buffer("bias16", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
 

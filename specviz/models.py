@@ -221,8 +221,10 @@ def load_pair(
     dtype: str | None = None,
     progress: Progress | None = None,
     spec: dict[str, Any] | None = None,
+    fast: bool = True,
 ) -> ModelPair:
-    """Load a preset's target and draft. Errors the user can fix are ConfigError with a clear message."""
+    """Load a preset's target and draft (fast=False: as transformers loads them, without our CPU fast paths). Errors
+    the user can fix are ConfigError with a clear message."""
     spec = spec or model_preset(preset)
     progress = progress or (lambda f, m: None)
     dev = pick_device(device)
@@ -252,7 +254,7 @@ def load_pair(
                     "needs one vocabulary for both"
                 )
     target, draft = target.to(dev), (draft.to(dev) if draft is not None else None)
-    if use_cpu_fast_path(dev, dt):
+    if fast and use_cpu_fast_path(dev, dt):
         target, info["linear"] = target_fast_path(target)
         if draft is not None:
             if use_bf16_draft(dev, dt):

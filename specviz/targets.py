@@ -19,7 +19,7 @@ import torch
 
 from specviz.config import GenConfig, suite_prompts
 from specviz.engine import run
-from specviz.models import ModelPair
+from specviz.models import ModelPair, load_pair
 from specviz.proposers import build_proposer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,25 +171,11 @@ def check_overhead(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, stra
 def stock_modules(pair: ModelPair) -> tuple[Any, Any] | None:
     """The pair as transformers loads it, for the reference: nn.Linear modules in the pair's dtype, no kernel of ours
     (a second copy in memory, about 8 GB for the embedded pair). None for a preset without a draft."""
-    from specviz.config import model_preset
-    from specviz.models import _from_folder, _tiny_pair
-
     if pair.draft is None:
         return None
-    spec = model_preset(pair.preset)
-    if spec["target"].get("source") == "random":  # rebuilt from the same seeds: the same weights
-        target, draft, _ = _tiny_pair(spec, pair.dtype)
-        return target.to(pair.device), draft.to(pair.device)  # type: ignore[union-attr]
-    out = []
-    for side in ("target", "draft"):
-        src = pair.info[side]
-        if src.get("path"):
-            out.append(_from_folder(Path(src["path"]), pair.dtype).to(pair.device).eval())
-        else:
-            from transformers import AutoModelForCausalLM
-
-            out.append(AutoModelForCausalLM.from_pretrained(src["id"], dtype=pair.dtype).to(pair.device).eval())
-    return out[0], out[1]
+    stock = load_pair(pair.preset, pair.info["device"], pair.info["dtype"], fast=False)
+    assert stock.draft is not None
+    return stock.target.model.eval(), stock.draft.model.eval()
 
 
 def check_assisted(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log) -> list[TargetRow]:
@@ -275,8 +261,6 @@ def check_speedups(pair: ModelPair, cfg: GenConfig, limit: int, ngram_gamma: int
 def _probe(preset: str) -> None:
     """Run in a child process: load the pair, generate 8 tokens, print load time and memory as one JSON line."""
     import resource
-
-    from specviz.models import load_pair
 
     t0 = time.perf_counter()
     pair = load_pair(preset)

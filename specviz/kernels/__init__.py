@@ -56,6 +56,7 @@ class PackedLinear(torch.nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().float()
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
         self._empty = torch.empty(0)
+        self._linear = ops.packed_linear
 
     @property
     def weight(self) -> torch.Tensor:
@@ -63,9 +64,8 @@ class PackedLinear(torch.nn.Module):
         return unpack_rows(self.packed, torch.arange(self.out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ops = kernel()[0]
         bias = self._empty if self.bias is None else self.bias
-        return ops.packed_linear(x.float(), self.packed, bias, self.out_features).to(x.dtype)  # type: ignore[union-attr]
+        return self._linear(x.float(), self.packed, bias, self.out_features).to(x.dtype)
 
 
 class PackedEmbedding(torch.nn.Module):
