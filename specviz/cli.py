@@ -309,7 +309,14 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[tg.TargetRow] = []
     if "startup" in names:  # first, before this process holds a pair in memory
         rows += tg.check_startup(preset, args.cold, log)
-    measured = [t for t in names if t != "startup"]
+    details = ""
+    if "gpu" in names:  # its own pair: random weights of the default pair's shapes, on CUDA
+        from specviz.gpu_bench import gpu_report
+
+        report = gpu_report(args.max_new_tokens, gamma=cfg.gamma, log=log)
+        rows += tg.check_gpu(report)
+        details = "\n" + tg.format_gpu_details(report) + "\n"
+    measured = [t for t in names if t not in ("startup", "gpu")]
     pair = load(args) if measured else None
     if pair is not None:
         ids = pair.codec.encode(suite_prompts(args.suite)[0][2])
@@ -337,8 +344,11 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
         f"speed targets, preset {preset} on {meta['device']} ({meta['threads']} threads), greedy, gamma "
         f"{cfg.gamma}, {cfg.max_new_tokens} new tokens, suite {suite}\n\n{tg.format_targets(rows)}\n"
     )
-    if not _emit(args, out, {"meta": meta, "targets": [r.to_dict() for r in rows]}):
-        out.write(title)
+    results = {"meta": meta, "targets": [r.to_dict() for r in rows]}
+    if details:
+        results["gpu"] = report
+    if not _emit(args, out, results):
+        out.write(title + details)
     return 0
 
 

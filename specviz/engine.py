@@ -79,11 +79,14 @@ class SpecRun:
         cfg = self.cfg
         sampler = Sampler(cfg.rule, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed, self.target.device)
         t0 = time.perf_counter()
-        # the target's cache holds every context token but the last, which each step feeds first
+        # the target's cache holds every context token but the last, which each step feeds first with the drafts;
+        # except in step 0: the prompt's own pass already holds the last prompt token and its logits (the row that
+        # predicts the first new token), so step 0 feeds only drafts and plain decoding makes no extra pass (as HF)
         self.target.reset()
+        self.target.reserve(len(self.prompt) + cfg.max_new_tokens)
         self.target.keep_hidden, self.target.last_hidden = self.proposer.wants_hidden, None
-        if len(self.prompt) > 1:
-            self.target.forward(self.prompt[:-1], keep=1)
+        first: torch.Tensor | None = self.target.forward(self.prompt, keep=1)  # (1, V)
+        first_hidden = self.target.last_hidden[-1:] if self.target.last_hidden is not None else None  # (1, H)
         self.proposer.reset(self.prompt)
         prefill_ms = (time.perf_counter() - t0) * 1e3
         ctx, out = list(self.prompt), []
@@ -95,16 +98,16 @@ class SpecRun:
                 break
             t_draft = time.perf_counter()
             gamma = self.proposer.next_gamma()
-            # never draft past the token budget: n accepted + 1 target token must fit
+            # never draft past the token budget: n accepted + 1 target token must fit; nothing in step 0
             prop = self.proposer.propose(ctx, cfg.max_new_tokens - len(out) - 1, sampler)
             t_verify = time.perf_counter()
             multi, n_drafted = None, len(prop.ids)
             if prop.candidates is not None:  # several drafts: verify them all, then go on with the one kept
-                multi = self._verify_multi(ctx[-1], prop, sampler)
+                multi = self._verify_multi(ctx[-1], prop, sampler, first)
                 n_drafted = sum(len(c) for c in prop.candidates)  # every drafted token of every candidate
                 logits, verdict, p, prop = multi.logits, multi.result.verdict, multi.p, multi.chosen
             else:
-                logits, verdict, p = self._verify(ctx[-1], prop, sampler)
+                logits, verdict, p = self._verify(ctx[-1], prop, sampler, first)
             n, k = verdict.n_accepted, len(prop.ids)
             emitted = prop.ids[:n] + [verdict.token]
             hit_eos = next((j for j, t in enumerate(emitted) if t in self.eos), None)
@@ -123,6 +126,9 @@ class SpecRun:
             ctx += emitted
             out += emitted
             hidden = self.target.last_hidden if self.proposer.wants_hidden and multi is None else None
+            if hidden is not None and first is not None:  # step 0: the prompt pass's last row, then the drafts'
+                hidden = torch.cat([first_hidden, hidden]) if prop.ids else first_hidden
+            first = None
             self.proposer.update(Outcome(k, n_kept, len(ctx), logits, hidden))
             drafted_total += n_drafted
             accepted_total += n_kept
@@ -169,9 +175,17 @@ class SpecRun:
         assert self.summary is not None
         return self.summary
 
-    def _verify(self, last: int, prop: Proposal, sampler: Sampler) -> tuple[torch.Tensor, Verdict, torch.Tensor | None]:
-        """Step 2 and 3: ONE target pass over [last] + drafts, then the rule. -> logits (k+1, V), verdict, p or None."""
-        logits = at_least_fp32(self.target.forward([last] + prop.ids))  # (k+1, V)
+    def _verify(
+        self, last: int, prop: Proposal, sampler: Sampler, given: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Verdict, torch.Tensor | None]:
+        """Step 2 and 3: ONE target pass over [last] + drafts, then the rule. `given`: in step 0, the logits row
+        of `last` from the prompt's pass; the pass then feeds the drafts only (none: no pass).
+        -> logits (k+1, V), verdict, p or None."""
+        if given is None:
+            logits = self.target.forward([last] + prop.ids)
+        else:
+            logits = torch.cat([given, self.target.forward(prop.ids)]) if prop.ids else given
+        logits = at_least_fp32(logits)  # (k+1, V)
         draft = prop.tensor.to(logits.device)  # (k,)
         need_p = not sampler.greedy or (self.instrument and (bool(prop.ids) or self.detail_top > 0))
         p = sampler.probs(logits) if need_p else None  # (k+1, V)
@@ -253,11 +267,16 @@ class SpecRun:
         rows = [accept, relaxed.drift(p[:k], q, lam, family), relaxed.rejection_prob(p[:k], q, lam, family)]
         return torch.stack(rows).tolist()
 
-    def _verify_multi(self, last: int, prop: Proposal, sampler: Sampler) -> _Multi:
+    def _verify_multi(self, last: int, prop: Proposal, sampler: Sampler, given: torch.Tensor | None = None) -> _Multi:
         """Several drafts: ONE batched target pass over M rows of [last] + candidate, the multi-draft rule, then only
-        the kept row's cache stays (the caller crops it as for one draft)."""
+        the kept row's cache stays (the caller crops it as for one draft). `given` as for _verify."""
         cands = prop.candidates or []
-        logits = at_least_fp32(self.target.forward_rows([[last] + c for c in cands]))  # (M, k+1, V)
+        if given is None:
+            logits = self.target.forward_rows([[last] + c for c in cands])
+        else:
+            out = self.target.forward_rows(cands)  # (M, k, V)
+            logits = torch.cat([given.expand(len(cands), 1, -1).to(out.dtype), out], dim=1)
+        logits = at_least_fp32(logits)  # (M, k+1, V)
         p = sampler.probs(logits) if not sampler.greedy or self.instrument else None  # (M, k+1, V)
         q = prop.candidate_q.to(logits.device, logits.dtype) if prop.candidate_q is not None else None  # (M, k, V)
         ids = torch.tensor(cands, device=logits.device)  # (M, k)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from specviz.config import ConfigError, model_preset
+from specviz.config import PRESETS_DIR, ConfigError, model_preset
 from specviz.embedded import assemble, embedded_model
 from specviz.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
 
@@ -99,6 +99,26 @@ class CharCodec(Codec):
         return "chars:" + self.chars
 
 
+class ByteCodec(Codec):
+    """For random-weight models of a real model's shapes (GPU timing): text as UTF-8 bytes, ids 0-255; the other ids
+    of the vocabulary decode as a middle dot. Their text is gibberish: only their cost is real."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(chr(i) if 32 <= i < 127 or i in (9, 10) else "\u00b7" for i in ids)
+
+    def piece(self, prev: Sequence[int], tok: int) -> str:
+        return self.decode([tok])
+
+    def vocab_key(self) -> str:
+        return f"bytes:{self.vocab_size}"
+
+
 class HFCodec(Codec):
     """A transformers tokenizer; the chat template is applied for instruct models."""
 
@@ -163,6 +183,15 @@ class LM:
         x = torch.tensor([list(ids)], device=self.device)  # (1, T)
         out = self.model(input_ids=x, past_key_values=self.cache, use_cache=True, logits_to_keep=keep or 0)
         return out.logits[0]  # (keep, V)
+
+    def reserve(self, n: int) -> None:
+        """The run ahead needs n positions (a dynamic cache needs no notice; StaticLM fixes its attention window)."""
+
+    def with_layers(self, kept: Sequence[int], name: str = "layerskip") -> LM:
+        """A draft running only decoder layers `kept` of this model, sharing its weights, with its own cache."""
+        from specviz.proposers.layer_skip import layer_view
+
+        return LM(layer_view(self.model, kept), name)
 
     def crop(self, length: int) -> None:
         """Keep the first `length` cached tokens."""
@@ -235,6 +264,10 @@ def load_pair(
         info["heads_spec"] = dict(spec["heads"])
     if spec["target"].get("source") == "random":
         target, draft, codec = _tiny_pair(spec, dt)
+    elif spec["target"].get("source") == "shapes":
+        target = _shapes_model(spec["target"], dt, dev)
+        draft = _shapes_model(spec["draft"], dt, dev) if spec.get("draft") else None
+        codec = ByteCodec(target.config.vocab_size)
     else:
         target, tcodec, tinfo = _load_one(
             spec["target"], dt, spec.get("chat", True), _scaled(progress, 0.0, 0.7, "target")
@@ -261,11 +294,30 @@ def load_pair(
                 draft, info["draft_linear"] = draft_fast_path(draft)
             else:
                 draft, info["draft_linear"] = target_fast_path(draft)
+    wrap: Callable[[torch.nn.Module, str], Any] = LM
+    if fast and dev.type == "cuda" and os.environ.get("SPECVIZ_GRAPHS", "1") != "0":
+        wrap, info["linear"] = _gpu_fast_path(target, info)
     info["load_s"] = round(time.perf_counter() - t0, 2)
     progress(1.0, "ready")
     return ModelPair(
-        preset, LM(target, "target"), LM(draft, "draft") if draft is not None else None, codec, dev, dt, info
+        preset, wrap(target, "target"), wrap(draft, "draft") if draft is not None else None, codec, dev, dt, info
     )
+
+
+def _gpu_fast_path(target: torch.nn.Module, info: dict[str, Any]) -> tuple[Callable[[torch.nn.Module, str], Any], str]:
+    """On CUDA, StaticLM (static KV cache, CUDA graphs; SPECVIZ_COMPILE=1 also torch.compiles each pass) for every
+    model it supports, LM otherwise. -> (how to wrap a model, what was used)"""
+    from specviz.static_lm import StaticLM, unsupported
+
+    why = unsupported(target)
+    if why:
+        return LM, f"transformers (no static-cache path: {why})"
+    compile_ = os.environ.get("SPECVIZ_COMPILE", "0") == "1"
+
+    def wrap(model: torch.nn.Module, name: str) -> Any:
+        return StaticLM(model, name, compile=compile_) if unsupported(model) is None else LM(model, name)
+
+    return wrap, "static KV cache + CUDA graphs" + (" + torch.compile" if compile_ else "")
 
 
 _ST_DTYPES = {
@@ -458,6 +510,21 @@ def tiny_model(vocab_size: int, seed: int, dtype: torch.dtype = torch.float32, *
 
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(vocab_size, **cfg)).to(dtype).eval()
+
+
+def _shapes_model(src: dict[str, Any], dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """Random weights with a real model's exact configuration (presets/shapes/*.json): every pass costs what the real
+    model's costs, with no weights to ship. Built on `device` directly (initialising 1.5B weights on a CPU is slow)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = PRESETS_DIR / src["config"]
+    try:
+        config = AutoConfig.for_model(**json.loads(path.read_text()))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model shape file {path}: {e}") from e
+    torch.manual_seed(int(src.get("seed", 0)))
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
 def perturbed_copy(model: torch.nn.Module, noise: float, seed: int) -> torch.nn.Module:

@@ -164,7 +164,8 @@ class LayerSkipProposer(DraftModelProposer):
         self.auto, self.search_gamma = auto, gamma
         self.search: SkipSearch | None = None
         self._searched: dict[tuple[int, ...], SkipSearch] = {}
-        super().__init__(LM(layer_view(self.model, self.kept), "layerskip"), gamma)
+        self.target = target
+        super().__init__(target.with_layers(self.kept), gamma)
 
     def reset(self, prompt_ids: Sequence[int]) -> None:
         if self.auto and len(prompt_ids) > 1:
@@ -175,5 +176,5 @@ class LayerSkipProposer(DraftModelProposer):
             kept = kept_layers(self.n_layers, None, self.search.skip)
             if kept != self.kept:
                 self.kept = kept
-                self.lm = LM(layer_view(self.model, kept), "layerskip")
+                self.lm = self.target.with_layers(kept)
         super().reset(prompt_ids)

@@ -31,8 +31,10 @@ class MedusaProposer(Proposer):
         self.last_probs: list[float] = []  # the heads' top probabilities behind the last proposal
 
     def reset(self, prompt_ids: Sequence[int]) -> None:
-        hid = self.target.last_hidden  # the prompt's pass (all but its last token); none for a one-token prompt
-        self.h = hid[-1] if hid is not None and len(prompt_ids) > 1 else None
+        # the prompt's pass: step 0 drafts after the last prompt token, predicted by the state before it (none for a
+        # one-token prompt)
+        hid = self.target.last_hidden
+        self.h = hid[-2] if hid is not None and len(hid) > 1 else None
 
     def propose(self, ctx: Sequence[int], limit: int, sampler: Sampler) -> Proposal:
         k = min(self.next_gamma(), limit)

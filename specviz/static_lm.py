@@ -1,0 +1,252 @@
+"""The GPU fast path: StaticLM runs a Qwen2/Llama-style decoder with our own forward over a static KV cache and replays
+each few-token pass as one CUDA graph, so a decode step is one launch instead of about a thousand kernel launches.
+
+It duck-types models.LM (forward, crop, reset, length, forward_rows, select_row, keep_hidden) and shares every weight
+with the transformers model it wraps. Passes of up to `pad` tokens run padded to exactly `pad` rows, at one attention
+window per run (reserve()): every such pass then runs the same kernels on the same shapes, so a token's logits do not
+depend on how many tokens were verified beside it, and speculative greedy output stays identical to plain greedy
+output in bf16 too. Longer passes (the prompt) run eagerly at their own length; both kinds of run share them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("qwen2", "llama")
+MIN_WINDOW = 256
+
+
+def unsupported(model: torch.nn.Module) -> str | None:
+    """Why StaticLM cannot run this model, or None when it can."""
+    cfg = model.config
+    inner = getattr(model, "model", None)
+    if getattr(cfg, "model_type", None) not in SUPPORTED:
+        return f"model type {getattr(cfg, 'model_type', '?')!r} (supported: {', '.join(SUPPORTED)})"
+    if getattr(cfg, "use_sliding_window", False) or any(
+        t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])
+    ):
+        return "sliding-window attention"
+    if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(inner, "layers"):
+        return "no model.model.layers / rotary_emb"
+    return None
+
+
+def _bucket(n: int, cap: int) -> int:
+    """The attention window for n positions: a power of two from MIN_WINDOW, at most cap."""
+    w = MIN_WINDOW
+    while w < n:
+        w *= 2
+    return min(w, cap)
+
+
+class StaticLM:
+    """A causal LM over a static KV cache (rows x context), CUDA graphs on CUDA (graphs=None: on CUDA only).
+    layers: the decoder layers to run (a layer-skip draft shares its target's weights); compile: torch.compile the
+    pass before capturing it (fuses the small element-wise kernels; minutes of compiling per shape)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        name: str = "",
+        context: int | None = None,
+        pad: int = 16,
+        graphs: bool | None = None,
+        layers: Sequence[int] | None = None,
+        compile: bool = False,
+    ) -> None:
+        why = unsupported(model)
+        if why:
+            raise ValueError(f"StaticLM cannot run this model: {why}")
+        self.model = model.eval()
+        self.name = name
+        cfg = model.config
+        inner = model.model
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.vocab_size = cfg.vocab_size
+        self.layer_ids = list(range(len(inner.layers))) if layers is None else list(layers)
+        self.layers = [inner.layers[i] for i in self.layer_ids]
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = float(cfg.rms_norm_eps)
+        model_max = int(getattr(cfg, "max_position_embeddings", 32768))
+        context = context or int(os.environ.get("SPECVIZ_GPU_CONTEXT", "4096"))
+        self.max_positions = min(model_max, context)
+        self.pad = pad
+        self.graphs = self.device.type == "cuda" if graphs is None else graphs
+        self.compile = compile
+        self.keep_hidden = False
+        self.last_hidden: torch.Tensor | None = None
+        with torch.no_grad():
+            pos = torch.arange(self.max_positions + pad, device=self.device)[None]
+            cos, sin = inner.rotary_emb(torch.empty(0, device=self.device, dtype=self.dtype), pos)
+        self.cos, self.sin = cos[0], sin[0]  # (positions, head_dim), in the model's dtype as transformers has them
+        self._cache_rows = 0
+        self._alloc(1)
+        self._graphs: dict[tuple[int, int], tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._pool: Any = None
+        self._step_fn = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
+        self.reset()
+
+    # ------------------------------------------------------------ the LM interface
+
+    def reset(self) -> None:
+        self._len, self._rows, self._window = 0, 1, None
+
+    def reserve(self, n: int) -> None:
+        """The run ahead needs n positions: fix one attention window for all its padded passes."""
+        self._window = _bucket(min(n, self.max_positions) + self.pad, self.max_positions + self.pad)
+
+    @property
+    def length(self) -> int:
+        return self._len
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def crop(self, length: int) -> None:
+        self._len = min(self._len, length)  # positions past it are overwritten before anything reads them
+
+    def with_layers(self, kept: Sequence[int], name: str = "layerskip") -> StaticLM:
+        """A draft running only decoder layers `kept` of this model, sharing its weights, with its own cache."""
+        return StaticLM(self.model, name, self.max_positions, self.pad, self.graphs, kept, self.compile)
+
+    @torch.inference_mode()
+    def forward(self, ids: Sequence[int], keep: int | None = None) -> torch.Tensor:
+        """Feed ids after the cached ones; logits of the last `keep` positions (all when None). -> (keep, V)"""
+        return self._forward([list(ids)], keep)[0]
+
+    @torch.inference_mode()
+    def forward_rows(self, rows: Sequence[Sequence[int]], keep: int | None = None) -> torch.Tensor:
+        """Feed M equally long continuations at once, one cache row each (a one-row cache is repeated first). -> (M, keep, V)"""
+        m = len(rows)
+        if m > 1 and self._rows == 1:
+            if m > self._cache_rows:
+                self._alloc(m)
+            for k, v in zip(self.k, self.v, strict=True):
+                k[1:m, :, : self._len] = k[:1, :, : self._len]
+                v[1:m, :, : self._len] = v[:1, :, : self._len]
+            self._rows = m
+        return self._forward([list(r) for r in rows], keep)
+
+    def select_row(self, row: int) -> None:
+        if self._rows > 1:
+            with torch.inference_mode():
+                for k, v in zip(self.k, self.v, strict=True):
+                    k[0, :, : self._len] = k[row, :, : self._len]
+                    v[0, :, : self._len] = v[row, :, : self._len]
+            self._rows = 1
+
+    # ------------------------------------------------------------ internals
+
+    def _alloc(self, rows: int) -> None:
+        """A cache of `rows` rows (keeping what the old one held); graphs captured on the old one are dropped."""
+        shape = (rows, self.n_kv, self.max_positions + self.pad, self.head_dim)
+        new_k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        new_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        if self._cache_rows:
+            for old, new in zip(self.k + self.v, new_k + new_v, strict=True):
+                new[: self._cache_rows] = old
+        self.k, self.v, self._cache_rows = new_k, new_v, rows
+        self._graphs = {}
+
+    def _forward(self, rows: list[list[int]], keep: int | None) -> torch.Tensor:
+        r, t = len(rows), len(rows[0])
+        if r != self._rows:
+            raise ValueError(f"{r} rows fed to a cache holding {self._rows}")
+        if self._len + t > self.max_positions:
+            raise ValueError(f"{self._len + t} positions exceed this model's static cache of {self.max_positions}")
+        keep = keep or t
+        if t > self.pad:  # the prompt: eager, at its own length
+            ids = torch.tensor(rows, device=self.device)
+            pos = torch.arange(self._len, self._len + t, device=self.device)
+            logits, hidden = self._step(ids, pos, self._len + t, keep)
+        else:
+            window = self._window or _bucket(self._len + self.pad, self.max_positions + self.pad)
+            window = max(window, _bucket(self._len + self.pad, self.max_positions + self.pad))
+            logits, hidden = self._padded(rows, window)
+            logits, hidden = logits[:, :t][:, -keep:].clone(), hidden[:, :t].clone()
+        self._len += t
+        if self.keep_hidden:
+            self.last_hidden = hidden[0]
+        return logits
+
+    def _padded(self, rows: list[list[int]], window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of `pad` rows per cache row (ids padded with 0 past the real ones) at attention window `window`."""
+        r, t = len(rows), len(rows[0])
+        ids = torch.zeros(r, self.pad, dtype=torch.long)
+        ids[:, :t] = torch.tensor(rows)
+        pos = torch.arange(self._len, self._len + self.pad)
+        if not self.graphs:
+            return self._step_fn(ids.to(self.device), pos.to(self.device), window, self.pad)
+        graph, ids_buf, pos_buf, outs = self._graph(r, window)
+        ids_buf.copy_(ids, non_blocking=True)
+        pos_buf.copy_(pos, non_blocking=True)
+        graph.replay()
+        return outs
+
+    def _graph(self, r: int, window: int) -> Any:
+        key = (r, window)
+        if key not in self._graphs:
+            ids_buf = torch.zeros(r, self.pad, dtype=torch.long, device=self.device)
+            # warm-up and capture write the scratch positions past max_positions, which no real token uses
+            pos_buf = torch.arange(self.max_positions, self.max_positions + self.pad, device=self.device)
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._step_fn(ids_buf, pos_buf, window, self.pad)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                outs = self._step_fn(ids_buf, pos_buf, window, self.pad)
+            self._graphs[key] = (graph, ids_buf, pos_buf, outs)
+        return self._graphs[key]
+
+    def _step(self, ids: torch.Tensor, pos: torch.Tensor, window: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder over ids (R, T) at positions pos (T,), attending to cache positions [0, window); writes the
+        cache. -> logits (R, keep, V), final hidden states (R, T, H)"""
+        inner = self.model.model
+        r, t = ids.shape
+        x = inner.embed_tokens(ids)  # (R, T, H)
+        cos, sin = self.cos[pos][None, None], self.sin[pos][None, None]  # (1, 1, T, hd)
+        mask = torch.arange(window, device=ids.device)[None, :] <= pos[:, None]  # (T, window)
+        for li, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = _rms(x, layer.input_layernorm.weight, self.eps)
+            q = attn.q_proj(h).view(r, t, self.n_heads, self.head_dim).transpose(1, 2)  # (R, nh, T, hd)
+            k = attn.k_proj(h).view(r, t, self.n_kv, self.head_dim).transpose(1, 2)  # (R, nkv, T, hd)
+            v = attn.v_proj(h).view(r, t, self.n_kv, self.head_dim).transpose(1, 2)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            kc, vc = self.k[li][:r], self.v[li][:r]
+            kc.index_copy_(2, pos, k)
+            vc.index_copy_(2, pos, v)
+            o = F.scaled_dot_product_attention(
+                q, kc[:, :, :window], vc[:, :, :window], attn_mask=mask, scale=attn.scaling, enable_gqa=True
+            )
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(r, t, -1))
+            x = x + layer.mlp(_rms(x, layer.post_attention_layernorm.weight, self.eps))
+        x = _rms(x, inner.norm.weight, self.eps)
+        return self.model.lm_head(x[:, -keep:]), x
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Qwen2/Llama RMSNorm, op for op: normalise in float32, cast back, then scale."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin

@@ -1,0 +1,134 @@
+"""StaticLM, the GPU fast path's model (static KV cache, padded passes, CUDA graphs on CUDA): its logits are
+transformers' own, a token's logits do not depend on the tokens verified beside it, and every strategy run on it is
+lossless. On CPU it runs eagerly (no graphs); on a CUDA machine the same tests also run through CUDA graphs in bf16."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import torch
+
+from specviz.config import PRESETS_DIR, GenConfig, model_preset
+from specviz.engine import run
+from specviz.medusa import lm_head_weight
+from specviz.medusa.heads import random_heads
+from specviz.models import LM, ByteCodec, perturbed_copy, tiny_model
+from specviz.proposers import STRATEGIES, build_proposer
+from specviz.static_lm import StaticLM, unsupported
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _static(model: torch.nn.Module, **kw) -> StaticLM:
+    return StaticLM(model, context=kw.pop("context", 256), pad=kw.pop("pad", 8), **kw)
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def models64(codec):
+    """float64, with transformers' SDPA attention (its eager attention takes the softmax in float32)."""
+    target = tiny_model(codec.vocab_size, seed=0, dtype=torch.float64, init=0.2)
+    target.set_attn_implementation("sdpa")
+    return target, perturbed_copy(target, noise=0.03, seed=1)
+
+
+def test_logits_are_transformers_own(models64, prompts):
+    """Prefill, a verification pass, a pass after rolling back: the same logits as the model through transformers."""
+    target = models64[0]
+    ref, st = LM(target), _static(target)
+    ids = prompts[0] + prompts[1]
+    torch.testing.assert_close(st.forward(ids[:20]), ref.forward(ids[:20]), rtol=0, atol=1e-10)
+    torch.testing.assert_close(st.forward(ids[20:25]), ref.forward(ids[20:25]), rtol=0, atol=1e-10)
+    st.crop(22)
+    ref.crop(22)
+    assert st.length == ref.length == 22
+    torch.testing.assert_close(st.forward(ids[22:24], keep=1), ref.forward(ids[22:24], keep=1), rtol=0, atol=1e-10)
+
+
+def test_hidden_states_for_helper_heads(models64, prompts):
+    target = models64[0]
+    ref, st = LM(target), _static(target)
+    ref.keep_hidden = st.keep_hidden = True
+    for lm in (ref, st):
+        lm.forward(prompts[0][:-3])
+        lm.forward(prompts[0][-3:])
+    assert st.last_hidden is not None and st.last_hidden.shape == ref.last_hidden.shape == (3, 64)
+    torch.testing.assert_close(st.last_hidden, ref.last_hidden, rtol=0, atol=1e-10)
+
+
+def test_a_tokens_logits_do_not_depend_on_the_tokens_beside_it(codec, prompts, device):
+    """The property that keeps float32/bf16 speculative output identical to plain: fed alone or verified with four
+    more tokens (any of them), a token's logits are bitwise the same."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = tiny_model(codec.vocab_size, seed=0, dtype=dtype, init=0.2).to(device)
+    st = _static(model)
+    st.reserve(64)
+    ids = prompts[0]
+    st.forward(ids[:10])
+    alone = st.forward(ids[10:11])[0]
+    for tail in (ids[11:15], [5, 6, 7, 8], [9]):
+        st.crop(10)
+        assert torch.equal(st.forward(ids[10:11] + tail)[0], alone)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_on_static_models_matches_plain_greedy(codec, prompts, device, strategy):
+    dtype = torch.bfloat16 if device == "cuda" else torch.float64
+    target = tiny_model(codec.vocab_size, seed=0, dtype=dtype, init=0.2).to(device)
+    draft = perturbed_copy(target.cpu(), noise=0.03, seed=1).to(device)
+    target = target.to(device)
+    pair = types.SimpleNamespace(
+        target=_static(target, name="target"),
+        draft=_static(draft, name="draft"),
+        preset="test",
+        heads=random_heads(lm_head_weight(target), 4, seed=0).to(device),
+    )
+    for gamma in (1, 4, 7):
+        cfg = GenConfig(gamma=gamma, max_new_tokens=30)
+        proposer = build_proposer(strategy, pair, cfg)
+        for ids in prompts + [codec.encode("abcabcabc abcabc")]:
+            plain = run(pair.target, None, ids, cfg).run()
+            spec = run(pair.target, proposer, ids, cfg).run()
+            assert spec.output_ids == plain.output_ids, (strategy, gamma, ids)
+            if dtype == torch.float64:  # and it is transformers' own greedy output
+                assert plain.output_ids == run(LM(target), None, ids, cfg).run().output_ids
+
+
+def test_a_draft_of_the_targets_own_layers_shares_its_weights(models64, prompts):
+    st = _static(models64[0])
+    view = st.with_layers([0])
+    assert view.model is st.model and len(view.layers) == 1 and view.layers[0] is st.layers[0]
+    assert view.forward(prompts[0]).shape == (len(prompts[0]), st.vocab_size)
+    assert st.length == 0  # its own cache
+
+
+def test_limits_are_clear_errors(models64):
+    st = _static(models64[0], context=32)
+    st.forward(list(range(30)))
+    with pytest.raises(ValueError, match="exceed this model's static cache of 32"):
+        st.forward([1, 2, 3])
+    gpt2ish = types.SimpleNamespace(config=types.SimpleNamespace(model_type="gpt2"))
+    assert "model type 'gpt2'" in unsupported(gpt2ish)
+
+
+def test_shapes_preset_has_the_embedded_pairs_shapes():
+    """The GPU timing preset: random weights with the embedded pair's exact configs (no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = model_preset("qwen-coder-1.5b-shapes")
+    sizes = []
+    for part in ("target", "draft"):
+        config = AutoConfig.for_model(**json.loads((PRESETS_DIR / spec[part]["config"]).read_text()))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        sizes.append(sum(p.numel() for p in model.parameters()))
+        assert unsupported(model) is None
+    assert [round(s / 1e6) for s in sizes] == [1777, 630]  # untied embeddings, as the embedded GGUF pair has them
+    codec = ByteCodec(151936)
+    assert codec.decode(codec.encode("def f():")) == "def f():"
