@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline, overhead, assisted, speedups, startup, or 'all' (see specviz/targets.py)",
     )
     b.add_argument("--cold", action="store_true", help="with --targets startup: also time a cold start (minutes)")
-    b.add_argument("--ngram-gamma", type=int, default=8, help="with --targets speedups: prompt lookup's draft length")
+    b.add_argument("--ngram-gamma", type=int, default=12, help="with --targets speedups: prompt lookup's draft length")
     _gen_args(b)
     lab_cli.add_parser(sub, _gen_args)
     medusa_cli.add_parser(sub)

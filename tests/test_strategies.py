@@ -21,7 +21,7 @@ from specviz.proposers.adaptive import next_gamma
 from specviz.proposers.base import Outcome, Proposal
 from specviz.proposers.jacobi import JacobiProposer
 from specviz.proposers.layer_skip import default_skip, kept_layers, layer_view
-from specviz.proposers.ngram import find_match
+from specviz.proposers.ngram import find_match, match_extent
 from specviz.proposers.random_guess import RandomProposer
 from specviz.sampling import Sampler
 
@@ -187,6 +187,16 @@ def test_find_match_reports_where_and_how_long():
     assert find_match([4, 1, 2, 3, 0, 1, 2, 3], 4, 1) == (1, 3)
     assert find_match([4, 1, 2, 3, 0, 1, 2, 3], 2, 1) == (2, 2)
     assert find_match([1, 2, 3], 3, 1) is None
+
+
+def test_match_extent_and_unsure_matches_draft_little():
+    ctx = [7, 1, 2, 3, 4, 5, 9, 8, 2, 3, 4, 5]  # suffix [3, 4, 5] matched at 3; agreement runs back to [2, 3, 4, 5]
+    start, n = find_match(ctx, 3, 1)
+    assert (start, n) == (3, 3) and match_extent(ctx, start, n) == 4
+    assert find_candidates(ctx, 3, 1, 6) == [9, 8, 2, 3, 4, 5]  # sure=0: always the full k
+    assert find_candidates(ctx, 3, 1, 6, sure=4) == [9, 8, 2, 3, 4, 5]  # 4 tokens agree: sure enough
+    assert find_candidates(ctx, 3, 1, 6, sure=5) == [9, 8]  # not: at most 2
+    assert match_extent([1, 2, 1, 2, 1, 2], 2, 2, cap=3) == 3  # capped
 
 
 def test_prompt_lookup_copies_from_an_edit_prompt(pair, codec):

@@ -13,6 +13,8 @@ strategies are ignored, so one options dict can serve while switching strategy; 
   ngram      prompt lookup: copy what followed the longest recent n-gram match in the context. No model call.
              ngram_max (int 1..32, default 3), ngram_min (int 1..ngram_max, default 1): the n-gram sizes tried,
                  longest first.
+             ngram_sure (int 0..64, default 4): draft the full gamma only after a match that agrees with at least
+                 this many tokens before the end of the context; shorter matches draft at most 2 (0 = always gamma).
   random     blind uniform guesses with a generator seeded from GenConfig.seed; q = uniform. No knobs.
   jacobi     the target's own predictions from its previous pass are the next guesses (Jacobi iteration), plus a
              pool of n-grams the target produced (a one-candidate lookahead decoding).
@@ -60,7 +62,7 @@ _MODEL_KNOBS = ("adaptive", "max_gamma", "confidence")
 OPTIONS: dict[str, tuple[str, ...]] = {
     "plain": (),
     "draft": _MODEL_KNOBS,
-    "ngram": ("ngram_max", "ngram_min"),
+    "ngram": ("ngram_max", "ngram_min", "ngram_sure"),
     "random": (),
     "jacobi": ("pool_ngram",),
     "layerskip": ("exit_layer", "skip", *_MODEL_KNOBS),
@@ -85,7 +87,7 @@ def build_proposer(name: str, pair: Any, cfg: GenConfig) -> Proposer:
     if name == "ngram":
         hi = opt_int(opts, "ngram_max", 3, 1, 32, name)
         lo = opt_int(opts, "ngram_min", 1, 1, hi, name)
-        return NgramProposer(cfg.gamma, hi, lo)
+        return NgramProposer(cfg.gamma, hi, lo, opt_int(opts, "ngram_sure", 4, 0, 64, name))
     if name == "random":
         return RandomProposer(pair.target.vocab_size, cfg.gamma, cfg.seed)
     if name == "jacobi":
