@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -72,9 +72,10 @@ def gpu_report(
     budget_s: float = 300,
     preset: str = PRESET,
     device: str = "cuda",
+    sections: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Every GPU measurement, as a dict (sections that fail record their error and the rest go on). preset and
-    device exist to try this code on a CPU with a tiny preset; its numbers mean nothing there."""
+    """Every GPU measurement, as a dict (sections that fail record their error and the rest go on; `sections`: only
+    these). preset and device exist to try this code on a CPU with a tiny preset; its numbers mean nothing there."""
     from specviz.static_lm import StaticLM
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -97,6 +98,8 @@ def gpu_report(
     rep["setup"] = {"tokens": tokens, "prompt_len": prompt_len, "gamma": gamma, "reps": reps}
 
     def section(name: str, fn: Callable[[], Any]) -> None:
+        if sections is not None and name not in sections:
+            return
         if time.perf_counter() - t_start > budget_s:
             rep[name] = {"skipped": f"over the {budget_s:.0f} s budget"}
             return
@@ -121,7 +124,7 @@ def gpu_report(
         rep["_plain_ids"] = s.output_ids
         return {"total_s": t_n, "ms_per_token": _per_token(t_n, t_1, tokens), "prefill_ms": s.prefill_ms}
 
-    def hf(label: str, **extra: Any) -> dict[str, Any]:
+    def hf(**extra: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         first = _hf(model, ids, tokens, **extra)
         first_s = time.perf_counter() - t0
@@ -227,13 +230,13 @@ def gpu_report(
         }
 
     section("plain", plain)
-    section("hf_dynamic", lambda: hf("dynamic"))
+    section("hf_dynamic", hf)
     section("passes", passes)
     section("strategies", strategies)
     section("overhead", overhead)
-    section("hf_static", lambda: hf("static", cache_implementation="static", disable_compile=True))
+    section("hf_static", lambda: hf(cache_implementation="static", disable_compile=True))
     section("compiled", compiled)
-    section("hf_static_compiled", lambda: hf("static+compile", cache_implementation="static"))
+    section("hf_static_compiled", lambda: hf(cache_implementation="static"))
     section("assisted", assisted)
     rep.pop("_plain_ids", None)
     rep["wall_s"] = time.perf_counter() - t_start

@@ -132,3 +132,20 @@ def test_shapes_preset_has_the_embedded_pairs_shapes():
     assert [round(s / 1e6) for s in sizes] == [1777, 630]  # untied embeddings, as the embedded GGUF pair has them
     codec = ByteCodec(151936)
     assert codec.decode(codec.encode("def f():")) == "def f():"
+
+
+def test_gpu_bench_runs_its_sections_on_a_cpu():
+    """bench --targets gpu's code paths (no timing asserted: on a CPU its numbers mean nothing), so a session lent a
+    GPU does not spend its minutes on a broken script: every section runs and every strategy's output is plain's."""
+    from specviz.gpu_bench import gpu_report
+    from specviz.targets import check_gpu, format_gpu_details
+
+    wanted = ("plain", "hf_dynamic", "passes", "strategies", "overhead", "hf_static")
+    rep = gpu_report(12, prompt_len=20, reps=1, log=lambda m: None, preset="tiny-random", device="cpu", sections=wanted)
+    for name in wanted:
+        assert "error" not in rep[name], (name, rep[name])
+    assert all(r["identical"] for r in rep["strategies"].values()), rep["strategies"]
+    assert rep["overhead"]["identical"]
+    rows = {r.target: r for r in check_gpu(rep)}
+    assert rows["5 GPU plain decoding"].ratio == rep["plain"]["ms_per_token"]
+    assert "| draft |" in format_gpu_details(rep)
