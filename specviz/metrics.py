@@ -120,4 +120,9 @@ def why_sentence(alpha: float, c: float | None, gamma: int, speedup: float | Non
     tail = f"; measured {speedup:.2f}x ({verdict} than plain)."
     if speedup < 1 and alpha < c:
         tail += " Acceptance is below the cost ratio, the break-even point (alpha = c)."
+    if c >= 0.5:  # e.g. the 0.5B draft beside the 1.5B target on a GPU, where every pass is mostly fixed cost
+        tail += (
+            " A draft that costs half a target step or more leaves little to gain: prompt lookup, layer skip or"
+            " helper heads guess for less."
+        )
     return head + tail

@@ -223,3 +223,11 @@ def test_engine_never_imports_ui_libraries():
 
 def test_events_are_stdlib_only():
     assert _imports(ROOT / "specviz" / "events.py") <= {"__future__", "json", "dataclasses", "typing"}
+
+
+def test_why_sentence_points_away_from_a_costly_draft():
+    from specviz.metrics import why_sentence
+
+    costly = why_sentence(0.8, 0.6, 4, 0.95)
+    assert "measured 0.95x (slower than plain)" in costly and "prompt lookup, layer skip or helper heads" in costly
+    assert "helper heads" not in why_sentence(0.8, 0.2, 4, 2.1)
