@@ -98,7 +98,7 @@ class SpecRun:
                 break
             t_draft = time.perf_counter()
             gamma = self.proposer.next_gamma()
-            # never draft past the token budget: n accepted + 1 target token must fit; nothing in step 0
+            # never draft past the token budget: n accepted + 1 target token must fit
             prop = self.proposer.propose(ctx, cfg.max_new_tokens - len(out) - 1, sampler)
             t_verify = time.perf_counter()
             multi, n_drafted = None, len(prop.ids)

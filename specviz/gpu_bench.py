@@ -215,7 +215,7 @@ def gpu_report(
         return {"tokens": n, "hf_assisted_s": t_hf, "ours_draft_s": t_ours, "ratio": t_hf / t_ours}
 
     def compiled() -> dict[str, Any]:
-        lm = StaticLM(model, "compiled", compile=True)
+        lm = StaticLM(model, "compiled", use_compile=True)
         t0 = time.perf_counter()
         c = cfg.with_(max_new_tokens=tokens)
         s = run(lm, None, ids, c).run()

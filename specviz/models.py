@@ -296,7 +296,7 @@ def load_pair(
                 draft, info["draft_linear"] = target_fast_path(draft)
     wrap: Callable[[torch.nn.Module, str], Any] = LM
     if fast and dev.type == "cuda" and os.environ.get("SPECVIZ_GRAPHS", "1") != "0":
-        wrap, info["linear"] = _gpu_fast_path(target, info)
+        wrap, info["linear"] = _gpu_fast_path(target)
     info["load_s"] = round(time.perf_counter() - t0, 2)
     progress(1.0, "ready")
     return ModelPair(
@@ -304,7 +304,7 @@ def load_pair(
     )
 
 
-def _gpu_fast_path(target: torch.nn.Module, info: dict[str, Any]) -> tuple[Callable[[torch.nn.Module, str], Any], str]:
+def _gpu_fast_path(target: torch.nn.Module) -> tuple[Callable[[torch.nn.Module, str], Any], str]:
     """On CUDA, StaticLM (static KV cache, CUDA graphs; SPECVIZ_COMPILE=1 also torch.compiles each pass) for every
     model it supports, LM otherwise. -> (how to wrap a model, what was used)"""
     from specviz.static_lm import StaticLM, unsupported
@@ -315,7 +315,7 @@ def _gpu_fast_path(target: torch.nn.Module, info: dict[str, Any]) -> tuple[Calla
     compile_ = os.environ.get("SPECVIZ_COMPILE", "0") == "1"
 
     def wrap(model: torch.nn.Module, name: str) -> Any:
-        return StaticLM(model, name, compile=compile_) if unsupported(model) is None else LM(model, name)
+        return StaticLM(model, name, use_compile=compile_) if unsupported(model) is None else LM(model, name)
 
     return wrap, "static KV cache + CUDA graphs" + (" + torch.compile" if compile_ else "")
 

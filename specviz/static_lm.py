@@ -46,7 +46,7 @@ def _bucket(n: int, cap: int) -> int:
 
 class StaticLM:
     """A causal LM over a static KV cache (rows x context), CUDA graphs on CUDA (graphs=None: on CUDA only).
-    layers: the decoder layers to run (a layer-skip draft shares its target's weights); compile: torch.compile the
+    layers: the decoder layers to run (a layer-skip draft shares its target's weights); use_compile: torch.compile the
     pass before capturing it (fuses the small element-wise kernels; minutes of compiling per shape)."""
 
     def __init__(
@@ -57,7 +57,7 @@ class StaticLM:
         pad: int = 16,
         graphs: bool | None = None,
         layers: Sequence[int] | None = None,
-        compile: bool = False,
+        use_compile: bool = False,
     ) -> None:
         why = unsupported(model)
         if why:
@@ -80,7 +80,7 @@ class StaticLM:
         self.max_positions = min(model_max, context)
         self.pad = pad
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
-        self.compile = compile
+        self.use_compile = use_compile
         self.keep_hidden = False
         self.last_hidden: torch.Tensor | None = None
         with torch.no_grad():
@@ -91,7 +91,7 @@ class StaticLM:
         self._alloc(1)
         self._graphs: dict[tuple[int, int], tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._pool: Any = None
-        self._step_fn = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
+        self._step_fn = torch.compile(self._step, fullgraph=True, dynamic=False) if use_compile else self._step
         self.reset()
 
     # ------------------------------------------------------------ the LM interface
@@ -116,7 +116,7 @@ class StaticLM:
 
     def with_layers(self, kept: Sequence[int], name: str = "layerskip") -> StaticLM:
         """A draft running only decoder layers `kept` of this model, sharing its weights, with its own cache."""
-        return StaticLM(self.model, name, self.max_positions, self.pad, self.graphs, kept, self.compile)
+        return StaticLM(self.model, name, self.max_positions, self.pad, self.graphs, kept, self.use_compile)
 
     @torch.inference_mode()
     def forward(self, ids: Sequence[int], keep: int | None = None) -> torch.Tensor:
