@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         default=None,
         help="instead of the strategy table, check speed targets: comma-separated from "
-        "baseline, overhead, assisted, speedups, startup, or 'all' (see specviz/targets.py)",
+        "baseline, overhead, assisted, speedups, startup, gpu (needs CUDA), or 'all' (gpu only where CUDA is) "
+        "(see specviz/targets.py)",
     )
     b.add_argument("--cold", action="store_true", help="with --targets startup: also time a cold start (minutes)")
     b.add_argument("--ngram-gamma", type=int, default=12, help="with --targets speedups: prompt lookup's draft length")
@@ -300,7 +301,7 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
     from specviz import targets as tg
 
     cfg = config_from(args)
-    names = list(tg.TARGETS) if args.targets == "all" else [t.strip() for t in args.targets.split(",") if t.strip()]
+    names = tg.chosen(args.targets)
     bad = [t for t in names if t not in tg.TARGETS]
     if bad:
         raise ConfigError(f"unknown target {bad[0]!r}; known: {', '.join(tg.TARGETS)}, all")

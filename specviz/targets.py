@@ -49,6 +49,13 @@ class TargetRow:
         return {**self.__dict__, "holds": self.holds}
 
 
+def chosen(arg: str) -> list[str]:
+    """The targets a --targets value names; 'all' is every target this machine can measure (gpu needs CUDA)."""
+    if arg == "all":
+        return [t for t in TARGETS if t != "gpu" or torch.cuda.is_available()]
+    return [t.strip() for t in arg.split(",") if t.strip()]
+
+
 def _prompts(suite: str, limit: int) -> list[tuple[str, str, str]]:
     ps = suite_prompts(suite)
     return ps[:limit] if limit else ps

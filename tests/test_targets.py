@@ -56,3 +56,13 @@ def test_a_row_holds_only_within_its_bound_and_with_identical_output():
     assert not tg.TargetRow("t", "x / y", 1.2, ">=", 1.5, "").holds
     assert not tg.TargetRow("t", "x / y", 2.0, ">=", 1.5, "", identical=False).holds  # fast but wrong is a failure
     assert tg.TargetRow("t", "x / y", 2.0, ">=", 1.5, "", identical=True).to_dict()["holds"] is True
+
+
+def test_all_targets_are_those_this_machine_can_measure(monkeypatch):
+    from specviz import targets
+
+    monkeypatch.setattr(targets.torch.cuda, "is_available", lambda: False)
+    assert targets.chosen("all") == ["baseline", "overhead", "assisted", "speedups", "startup"]
+    monkeypatch.setattr(targets.torch.cuda, "is_available", lambda: True)
+    assert targets.chosen("all")[-1] == "gpu"
+    assert targets.chosen("gpu, baseline") == ["gpu", "baseline"]

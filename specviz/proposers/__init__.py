@@ -52,6 +52,7 @@ from specviz.proposers.jacobi import JacobiProposer
 from specviz.proposers.layer_skip import LayerSkipProposer, decoder_layers, kept_layers, search_skip_layers
 from specviz.proposers.medusa import MedusaProposer
 from specviz.proposers.multi_draft import MultiDraftProposer
+from specviz.proposers.ngram import SURE as NGRAM_SURE
 from specviz.proposers.ngram import NgramProposer, find_candidates
 from specviz.proposers.options import opt_bool, opt_float, opt_int, opt_layers
 from specviz.proposers.random_guess import RandomProposer
@@ -88,7 +89,7 @@ def build_proposer(name: str, pair: Any, cfg: GenConfig) -> Proposer:
     if name == "ngram":
         hi = opt_int(opts, "ngram_max", 3, 1, 32, name)
         lo = opt_int(opts, "ngram_min", 1, 1, hi, name)
-        return NgramProposer(cfg.gamma, hi, lo, opt_int(opts, "ngram_sure", 4, 0, 64, name))
+        return NgramProposer(cfg.gamma, hi, lo, opt_int(opts, "ngram_sure", NGRAM_SURE, 0, 64, name))
     if name == "random":
         return RandomProposer(pair.target.vocab_size, cfg.gamma, cfg.seed)
     if name == "jacobi":

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from specviz.proposers.base import Proposal, Proposer
 from specviz.sampling import Sampler
 
+SURE = 4  # default: tokens of agreement before a match drafts the full gamma
+
 
 def find_match(ctx: Sequence[int], max_n: int, min_n: int) -> tuple[int, int] | None:
     """(start, n) of the most recent earlier occurrence of the longest suffix n-gram of ctx, max_n >= n >= min_n,
@@ -62,7 +64,7 @@ class NgramProposer(Proposer):
 
     name = "ngram"
 
-    def __init__(self, gamma: int = 4, max_n: int = 3, min_n: int = 1, sure: int = 4) -> None:
+    def __init__(self, gamma: int = 4, max_n: int = 3, min_n: int = 1, sure: int = SURE) -> None:
         super().__init__(gamma)
         self.max_n, self.min_n, self.sure = max_n, min_n, sure
 
