@@ -90,7 +90,7 @@ def gpu_report(
     if not isinstance(pair.target, StaticLM):  # trying this on a CPU
         pair.target = StaticLM(pair.target.model, "target")
         pair.draft = StaticLM(pair.draft.model, "draft") if pair.draft is not None else None
-    rep["load"] = {k: pair.info.get(k) for k in ("linear", "load_s", "dtype")}
+    rep["load"] = {k: pair.info.get(k) for k in ("linear", "load_s", "dtype")}  # load_s includes compiling
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, min(32000, pair.target.vocab_size), (prompt_len,), generator=g).tolist()
     cfg = GenConfig(gamma=gamma, max_new_tokens=tokens)
@@ -158,17 +158,6 @@ def gpu_report(
 
                 s, _ = _timed(lambda one=one: [one() for _ in range(20)], reps)
                 out[f"{name}_{t}_ms"] = s / 20 * 1e3
-        unpadded = StaticLM(model, "unpadded", pad=1)  # what padding to 16 rows costs a one-token pass
-        unpadded.reserve(prompt_len + tokens)
-        unpadded.forward(ids, keep=1)
-        base = unpadded.length
-
-        def one_unpadded() -> None:
-            unpadded.crop(base)
-            unpadded.forward(ids[:1])
-
-        s, _ = _timed(lambda: [one_unpadded() for _ in range(20)], reps)
-        out["target_1_unpadded_ms"] = s / 20 * 1e3
         out["c_draft"] = out["draft_1_ms"] / out["target_1_ms"]
         out["c_layerskip"] = out["layerskip_1_ms"] / out["target_1_ms"]
         out["bytes_per_pass_gb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
@@ -214,30 +203,39 @@ def gpu_report(
         t_ours, _ = _timed(lambda: ours("draft", n), 1)
         return {"tokens": n, "hf_assisted_s": t_hf, "ours_draft_s": t_ours, "ratio": t_hf / t_ours}
 
-    def compiled() -> dict[str, Any]:
-        lm = StaticLM(model, "compiled", use_compile=True)
-        t0 = time.perf_counter()
+    def variant(name: str, **kw: Any) -> dict[str, Any]:
+        """Plain decoding and a one-token pass on another build of our pass (graphs alone, or no padding)."""
+        lm = StaticLM(model, name, **kw)
         c = cfg.with_(max_new_tokens=tokens)
-        s = run(lm, None, ids, c).run()
-        first_s = time.perf_counter() - t0
         t_n, s = _timed(lambda: run(lm, None, ids, c).run(), reps)
         t_1, _ = _timed(lambda: run(lm, None, ids, c.with_(max_new_tokens=1)).run(), reps)
+        lm.reset()
+        lm.reserve(prompt_len + tokens)
+        lm.forward(ids, keep=1)
+        base = lm.length
+
+        def one() -> None:
+            lm.crop(base)
+            lm.forward(ids[:1])
+
+        p, _ = _timed(lambda: [one() for _ in range(20)], reps)
         return {
-            "first_run_s": first_s,
             "total_s": t_n,
             "ms_per_token": _per_token(t_n, t_1, tokens),
+            "pass_1_ms": p / 20 * 1e3,
             "same_as_ours": s.output_ids == rep["_plain_ids"],
         }
 
     section("plain", plain)
     section("hf_dynamic", hf)
+    section("hf_static_compiled", lambda: hf(cache_implementation="static"))
     section("passes", passes)
     section("strategies", strategies)
     section("overhead", overhead)
-    section("hf_static", lambda: hf(cache_implementation="static", disable_compile=True))
-    section("compiled", compiled)
-    section("hf_static_compiled", lambda: hf(cache_implementation="static"))
+    section("graphs_only", lambda: variant("graphs only", use_compile=False))
+    section("unpadded", lambda: variant("unpadded", pad=1, use_compile=False))
     section("assisted", assisted)
+    section("hf_static", lambda: hf(cache_implementation="static", disable_compile=True))
     rep.pop("_plain_ids", None)
     rep["wall_s"] = time.perf_counter() - t_start
     return rep

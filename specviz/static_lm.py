@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 SUPPORTED = ("qwen2", "llama")
 MIN_WINDOW = 256
+MAX_ROWS = 8  # rows of the multi-row cache under CUDA graphs (multidraft's most candidates), allocated once
 
 
 def unsupported(model: torch.nn.Module) -> str | None:
@@ -47,7 +48,9 @@ def _bucket(n: int, cap: int) -> int:
 class StaticLM:
     """A causal LM over a static KV cache (rows x context), CUDA graphs on CUDA (graphs=None: on CUDA only).
     layers: the decoder layers to run (a layer-skip draft shares its target's weights); use_compile: torch.compile the
-    pass before capturing it (fuses the small element-wise kernels; minutes of compiling per shape)."""
+    one-row pass before capturing it (fuses the ~50 small kernels of each layer; about half a minute per model and
+    attention window, paid by warm() for the usual window). One-row passes use a one-row cache; multi-row passes
+    (multidraft's candidates) a cache of their own, captured uncompiled, so the compiled graphs never see it."""
 
     def __init__(
         self,
@@ -87,11 +90,13 @@ class StaticLM:
             pos = torch.arange(self.max_positions + pad, device=self.device)[None]
             cos, sin = inner.rotary_emb(torch.empty(0, device=self.device, dtype=self.dtype), pos)
         self.cos, self.sin = cos[0], sin[0]  # (positions, head_dim), in the model's dtype as transformers has them
-        self._cache_rows = 0
-        self._alloc(1)
         self._graphs: dict[tuple[int, int], tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._pool: Any = None
-        self._step_fn = torch.compile(self._step, fullgraph=True, dynamic=False) if use_compile else self._step
+        self.k, self.v = self._cache(1)
+        self.km: list[torch.Tensor] = []  # the multi-row cache, made at the first multi-row pass
+        self.vm: list[torch.Tensor] = []
+        self._compiled = torch.compile(self._step, fullgraph=True, dynamic=False) if use_compile else None
+        self._views: dict[tuple[int, ...], StaticLM] = {}
         self.reset()
 
     # ------------------------------------------------------------ the LM interface
@@ -102,6 +107,15 @@ class StaticLM:
     def reserve(self, n: int) -> None:
         """The run ahead needs n positions: fix one attention window for all its padded passes."""
         self._window = _bucket(min(n, self.max_positions) + self.pad, self.max_positions + self.pad)
+
+    def warm(self, n: int = 384) -> None:
+        """Capture (and compile) the one-row pass for runs of up to n positions now, so that no visitor's timed run
+        pays for it (a longer run compiles its window once, when it first needs it)."""
+        self.reset()
+        self.reserve(n)
+        with torch.inference_mode():
+            self.forward([0])
+        self.reset()
 
     @property
     def length(self) -> int:
@@ -115,8 +129,14 @@ class StaticLM:
         self._len = min(self._len, length)  # positions past it are overwritten before anything reads them
 
     def with_layers(self, kept: Sequence[int], name: str = "layerskip") -> StaticLM:
-        """A draft running only decoder layers `kept` of this model, sharing its weights, with its own cache."""
-        return StaticLM(self.model, name, self.max_positions, self.pad, self.graphs, kept, self.use_compile)
+        """A draft running only decoder layers `kept` of this model, sharing its weights, with its own cache (one per
+        layer set, kept: its graphs are captured once)."""
+        key = tuple(kept)
+        if key not in self._views:
+            self._views[key] = StaticLM(
+                self.model, name, self.max_positions, self.pad, self.graphs, kept, self.use_compile
+            )
+        return self._views[key]
 
     @torch.inference_mode()
     def forward(self, ids: Sequence[int], keep: int | None = None) -> torch.Tensor:
@@ -128,34 +148,32 @@ class StaticLM:
         """Feed M equally long continuations at once, one cache row each (a one-row cache is repeated first). -> (M, keep, V)"""
         m = len(rows)
         if m > 1 and self._rows == 1:
-            if m > self._cache_rows:
-                self._alloc(m)
-            for k, v in zip(self.k, self.v, strict=True):
-                k[1:m, :, : self._len] = k[:1, :, : self._len]
-                v[1:m, :, : self._len] = v[:1, :, : self._len]
+            if m > (self.km[0].shape[0] if self.km else 0):
+                if self.graphs and m > MAX_ROWS:  # graphs hold the multi-row cache: it is made once, never regrown
+                    raise ValueError(f"{m} rows fed to a static cache of {MAX_ROWS}")
+                self.km, self.vm = self._cache(MAX_ROWS if self.graphs else m)
+            for k1, v1, k, v in zip(self.k, self.v, self.km, self.vm, strict=True):
+                k[:m, :, : self._len] = k1[:, :, : self._len]
+                v[:m, :, : self._len] = v1[:, :, : self._len]
             self._rows = m
         return self._forward([list(r) for r in rows], keep)
 
     def select_row(self, row: int) -> None:
         if self._rows > 1:
             with torch.inference_mode():
-                for k, v in zip(self.k, self.v, strict=True):
-                    k[0, :, : self._len] = k[row, :, : self._len]
-                    v[0, :, : self._len] = v[row, :, : self._len]
+                for k1, v1, k, v in zip(self.k, self.v, self.km, self.vm, strict=True):
+                    k1[0, :, : self._len] = k[row, :, : self._len]
+                    v1[0, :, : self._len] = v[row, :, : self._len]
             self._rows = 1
 
     # ------------------------------------------------------------ internals
 
-    def _alloc(self, rows: int) -> None:
-        """A cache of `rows` rows (keeping what the old one held); graphs captured on the old one are dropped."""
+    def _cache(self, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keys and values of every layer for `rows` rows (the pad's positions past the context are scratch)."""
         shape = (rows, self.n_kv, self.max_positions + self.pad, self.head_dim)
-        new_k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
-        new_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
-        if self._cache_rows:
-            for old, new in zip(self.k + self.v, new_k + new_v, strict=True):
-                new[: self._cache_rows] = old
-        self.k, self.v, self._cache_rows = new_k, new_v, rows
-        self._graphs = {}
+        k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        return k, v
 
     def _forward(self, rows: list[list[int]], keep: int | None) -> torch.Tensor:
         r, t = len(rows), len(rows[0])
@@ -185,7 +203,7 @@ class StaticLM:
         ids[:, :t] = torch.tensor(rows)
         pos = torch.arange(self._len, self._len + self.pad)
         if not self.graphs:
-            return self._step_fn(ids.to(self.device), pos.to(self.device), window, self.pad)
+            return self._step_fn(r)(ids.to(self.device), pos.to(self.device), window, self.pad)
         graph, ids_buf, pos_buf, outs = self._graph(r, window)
         ids_buf.copy_(ids, non_blocking=True)
         pos_buf.copy_(pos, non_blocking=True)
@@ -200,17 +218,21 @@ class StaticLM:
             pos_buf = torch.arange(self.max_positions, self.max_positions + self.pad, device=self.device)
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
+            step = self._step_fn(r)
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    self._step_fn(ids_buf, pos_buf, window, self.pad)
+                    step(ids_buf, pos_buf, window, self.pad)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                outs = self._step_fn(ids_buf, pos_buf, window, self.pad)
+                outs = step(ids_buf, pos_buf, window, self.pad)
             self._graphs[key] = (graph, ids_buf, pos_buf, outs)
         return self._graphs[key]
+
+    def _step_fn(self, rows: int) -> Any:
+        return self._compiled if self._compiled is not None and rows == 1 else self._step
 
     def _step(self, ids: torch.Tensor, pos: torch.Tensor, window: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder over ids (R, T) at positions pos (T,), attending to cache positions [0, window); writes the
@@ -220,6 +242,7 @@ class StaticLM:
         x = inner.embed_tokens(ids)  # (R, T, H)
         cos, sin = self.cos[pos][None, None], self.sin[pos][None, None]  # (1, 1, T, hd)
         mask = torch.arange(window, device=ids.device)[None, :] <= pos[:, None]  # (T, window)
+        keys, values = (self.k, self.v) if r == 1 else (self.km, self.vm)
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = _rms(x, layer.input_layernorm.weight, self.eps)
@@ -227,7 +250,7 @@ class StaticLM:
             k = attn.k_proj(h).view(r, t, self.n_kv, self.head_dim).transpose(1, 2)  # (R, nkv, T, hd)
             v = attn.v_proj(h).view(r, t, self.n_kv, self.head_dim).transpose(1, 2)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            kc, vc = self.k[li][:r], self.v[li][:r]
+            kc, vc = keys[li][:r], values[li][:r]
             kc.index_copy_(2, pos, k)
             vc.index_copy_(2, pos, v)
             o = F.scaled_dot_product_attention(

@@ -462,9 +462,28 @@ def format_gpu_details(report: dict[str, Any]) -> str:
                     f"| {name} | {r['ms_per_step']:.2f} | {r['tokens_per_step']:.2f} | "
                     f"{r['speedup_random_weights']:.2f} | {r['identical']} |"
                 )
-    for k in ("hf_dynamic", "hf_static", "hf_static_compiled", "compiled"):
-        if k in report:
-            lines.append(f"\n{k}: {report[k]}")
+    names = {
+        "plain": f"specviz ({report.get('load', {}).get('linear')})",
+        "graphs_only": "specviz, CUDA graphs without torch.compile",
+        "unpadded": "specviz, graphs without compile, passes not padded",
+        "hf_dynamic": "HF generate, dynamic cache",
+        "hf_static": "HF generate, static cache",
+        "hf_static_compiled": "HF generate, static cache, compiled",
+    }
+    lines += ["", "| plain decoding | ms per token | one-token pass, ms | first call, s |", "|---|---|---|---|"]
+    for k, label in names.items():
+        r = report.get(k)
+        if r is None:
+            continue
+        if "ms_per_token" not in r:
+            lines.append(f"| {label} | {r} | | |")
+            continue
+        pass_ms = r.get("pass_1_ms", p.get("target_1_ms") if k == "plain" else None)
+        first = r.get("first_call_s")
+        lines.append(
+            f"| {label} | {r['ms_per_token']:.2f} | {'' if pass_ms is None else f'{pass_ms:.2f}'} | "
+            f"{'' if first is None else f'{first:.1f}'} |"
+        )
     return "\n".join(lines)
 
 

@@ -140,7 +140,7 @@ def test_gpu_bench_runs_its_sections_on_a_cpu():
     from specviz.gpu_bench import gpu_report
     from specviz.targets import check_gpu, format_gpu_details
 
-    wanted = ("plain", "hf_dynamic", "passes", "strategies", "overhead", "hf_static")
+    wanted = ("plain", "hf_dynamic", "passes", "strategies", "overhead", "graphs_only", "unpadded", "hf_static")
     rep = gpu_report(12, prompt_len=20, reps=1, log=lambda m: None, preset="tiny-random", device="cpu", sections=wanted)
     for name in wanted:
         assert "error" not in rep[name], (name, rep[name])
@@ -149,3 +149,17 @@ def test_gpu_bench_runs_its_sections_on_a_cpu():
     rows = {r.target: r for r in check_gpu(rep)}
     assert rows["5 GPU plain decoding"].ratio == rep["plain"]["ms_per_token"]
     assert "| draft |" in format_gpu_details(rep)
+
+
+def test_compiled_pass_decodes_as_the_eager_one(codec, prompts):
+    """torch.compile'd one-row passes (the CUDA default) give plain's tokens; warm() compiles before any timed run, and
+    a layer-skip view is built (and compiled) once per layer set."""
+    model = tiny_model(codec.vocab_size, seed=0, dtype=torch.float32, init=0.2)
+    ids = codec.encode(prompts[0])
+    cfg = GenConfig(gamma=4, max_new_tokens=16)
+    eager = run(_static(model, pad=16), None, ids, cfg).run()
+    lm = _static(model, pad=16, use_compile=True)
+    lm.warm()
+    assert lm.length == 0
+    assert run(lm, None, ids, cfg).run().output_ids == eager.output_ids
+    assert lm.with_layers([0]) is lm.with_layers([0])
