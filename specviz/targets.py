@@ -429,6 +429,19 @@ def check_gpu(report: dict[str, Any]) -> list[TargetRow]:
                 f"{a['hf_assisted_s']:.3f} s vs {a['ours_draft_s']:.3f} s, {a['tokens']} tokens",
             )
         )
+    st = {k: v for k, v in report.get("strategies", {}).items() if isinstance(v, dict) and "identical" in v}
+    if st:
+        differ = [k for k, v in st.items() if not v["identical"]]
+        rows.append(
+            TargetRow(
+                "lossless (GPU)",
+                "strategies whose greedy output is plain's, of those run (bf16)",
+                (len(st) - len(differ)) / len(st),
+                ">=",
+                1.0,
+                f"{len(st) - len(differ)} of {len(st)}" + (f"; differ: {', '.join(differ)}" if differ else ""),
+            )
+        )
     return rows
 
 
