@@ -9,9 +9,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import string
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from specviz.config import PRESETS_DIR, ConfigError, model_preset
-from specviz.embedded import assemble, embedded_model
+from specviz.embedded import EMBEDDED, assemble, embedded_model
 from specviz.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
 
 Progress = Callable[[float, str], None]  # (fraction 0..1, message)
@@ -263,38 +265,57 @@ def load_pair(
     info: dict[str, Any] = {"preset": preset, "device": str(dev), "dtype": str(dt).replace("torch.", "")}
     if spec.get("heads"):
         info["heads_spec"] = dict(spec["heads"])
+    cpu_fast = fast and use_cpu_fast_path(dev, dt)
+
+    def finish(model: torch.nn.Module, role: str) -> torch.nn.Module:
+        """On the device, with the CPU fast path: done per model as it arrives, so packing the target overlaps
+        reading the draft's weights."""
+        model = model.to(dev)
+        if cpu_fast:
+            key = "linear" if role == "target" else "draft_linear"
+            if role == "draft" and use_bf16_draft(dev, dt):
+                model, info[key] = draft_fast_path(model)
+            else:
+                model, info[key] = target_fast_path(model)
+            _trim()
+        return model
+
     if spec["target"].get("source") == "random":
         target, draft, codec = _tiny_pair(spec, dt)
+        target, draft = finish(target, "target"), (finish(draft, "draft") if draft is not None else None)
     elif spec["target"].get("source") == "shapes":
-        target = _shapes_model(spec["target"], dt, dev)
-        draft = _shapes_model(spec["draft"], dt, dev) if spec.get("draft") else None
+        target = finish(_shapes_model(spec["target"], dt, dev), "target")
+        draft = finish(_shapes_model(spec["draft"], dt, dev), "draft") if spec.get("draft") else None
         codec = ByteCodec(target.config.vocab_size)
     else:
-        target, tcodec, tinfo = _load_one(
-            spec["target"], dt, spec.get("chat", True), _scaled(progress, 0.0, 0.7, "target")
-        )
-        info["target"] = tinfo
-        draft = None
-        codec = tcodec
-        if spec.get("draft"):
-            draft, dcodec, dinfo = _load_one(
-                spec["draft"], dt, spec.get("chat", True), _scaled(progress, 0.7, 1.0, "draft"), share=tcodec
+        reader = _CacheReader([spec["target"], spec.get("draft")])  # reads while transformers imports
+        try:
+            target, tcodec, tinfo = _load_one(
+                spec["target"], dt, spec.get("chat", True), _scaled(progress, 0.0, 0.7, "target"), reader=reader
             )
-            info["draft"] = dinfo
-            shared = isinstance(dcodec, HFCodec) and isinstance(tcodec, HFCodec) and dcodec.tok is tcodec.tok
-            if not shared and dcodec.vocab_key() != tcodec.vocab_key():
-                raise ConfigError(
-                    f"preset {preset!r}: the draft's tokenizer differs from the target's; speculative decoding "
-                    "needs one vocabulary for both"
+            info["target"] = tinfo
+            target = finish(target, "target")
+            draft = None
+            codec = tcodec
+            if spec.get("draft"):
+                draft, dcodec, dinfo = _load_one(
+                    spec["draft"],
+                    dt,
+                    spec.get("chat", True),
+                    _scaled(progress, 0.7, 1.0, "draft"),
+                    share=tcodec,
+                    reader=reader,
                 )
-    target, draft = target.to(dev), (draft.to(dev) if draft is not None else None)
-    if fast and use_cpu_fast_path(dev, dt):
-        target, info["linear"] = target_fast_path(target)
-        if draft is not None:
-            if use_bf16_draft(dev, dt):
-                draft, info["draft_linear"] = draft_fast_path(draft)
-            else:
-                draft, info["draft_linear"] = target_fast_path(draft)
+                info["draft"] = dinfo
+                shared = isinstance(dcodec, HFCodec) and isinstance(tcodec, HFCodec) and dcodec.tok is tcodec.tok
+                if not shared and dcodec.vocab_key() != tcodec.vocab_key():
+                    raise ConfigError(
+                        f"preset {preset!r}: the draft's tokenizer differs from the target's; speculative decoding "
+                        "needs one vocabulary for both"
+                    )
+                draft = finish(draft, "draft")
+        finally:
+            reader.stop()
     wrap: Callable[[torch.nn.Module, str], Any] = LM
     if fast and dev.type == "cuda" and os.environ.get("SPECVIZ_GRAPHS", "1") != "0":
         wrap, info["linear"] = _gpu_fast_path(target)
@@ -358,16 +379,79 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _from_folder(path: Path, dtype: torch.dtype) -> Any:
-    """A transformers model from a local folder of config.json + *.safetensors, read without a memory map."""
+def _trim() -> None:
+    """Hand freed heap memory back to the system (glibc): packing frees the float32 weights piece by piece, and pieces
+    freed in the reading thread's arena would otherwise stay resident."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def read_folder(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a folder's *.safetensors files."""
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(read_safetensors(file))
+    return state
+
+
+class _CacheReader:
+    """Reads the weights of a preset's cached embedded models in a background thread, in order, while the main
+    thread imports transformers, builds tokenizers and packs the model before: on our 2-core CPU a warm start then
+    waits mostly on the disk. Models not cached yet are skipped (their cold build reads them itself). take() hands
+    each state dict over and keeps no reference, so packing can free the float32 weights as it goes."""
+
+    def __init__(self, sources: Sequence[dict[str, Any] | None]) -> None:
+        self.folders: list[Path] = []
+        for src in sources:
+            if src and src.get("source") == "embedded" and src.get("name") in EMBEDDED:
+                folder, sha = _cache_folder(src["name"])
+                if _cache_ok(folder, sha):
+                    self.folders.append(folder)
+        self._pending = list(self.folders)  # what take() has still to hand over (the thread reads self.folders)
+        self._out: queue.Queue[tuple[Path, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="specviz-weights", daemon=True)
+        if self.folders:
+            self._thread.start()
+
+    def _run(self) -> None:
+        for folder in self.folders:
+            if self._stop.is_set():
+                return
+            try:
+                self._out.put((folder, read_folder(folder)))
+            except Exception as e:  # handed to take(), which raises it in the loading thread
+                self._out.put((folder, e))
+
+    def take(self, folder: Path) -> dict[str, torch.Tensor] | None:
+        """The folder's weights (waiting for them), or None when this reader is not reading it."""
+        if folder not in self._pending:
+            return None
+        self._pending.remove(folder)  # a second model of the same folder gets its own, second read
+        got, state = self._out.get()
+        if got != folder:  # models are taken in the order they were listed
+            raise RuntimeError(f"weights of {got} arrived where {folder} was expected")
+        if isinstance(state, Exception):
+            raise state
+        return state
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _from_folder(path: Path, dtype: torch.dtype, reader: _CacheReader | None = None) -> Any:
+    """A transformers model from a local folder of config.json + *.safetensors, read without a memory map (reader:
+    where they are being read already)."""
     import transformers
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
-    state: dict[str, torch.Tensor] = {}
-    for file in sorted(path.glob("*.safetensors")):
-        state.update(read_safetensors(file))
-    cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])
+    cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])  # imports its code: seconds
+    state = (reader.take(path) if reader else None) or read_folder(path)
     model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
     if (path / "generation_config.json").is_file():  # eos ids and defaults, as from_pretrained(path) would read
         model.generation_config = transformers.GenerationConfig.from_pretrained(path)
@@ -386,10 +470,16 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def _load_one(
-    src: dict[str, Any], dtype: torch.dtype, chat: bool, progress: Progress, share: HFCodec | None = None
+    src: dict[str, Any],
+    dtype: torch.dtype,
+    chat: bool,
+    progress: Progress,
+    share: HFCodec | None = None,
+    reader: _CacheReader | None = None,
 ) -> tuple[Any, HFCodec, dict]:
     """One model and its codec; `share`: a codec whose tokenizer to reuse when this model's tokenizer files are the
-    same bytes (the embedded pair's are: building a Qwen tokenizer takes seconds)."""
+    same bytes (the embedded pair's are: building a Qwen tokenizer takes seconds); `reader`: where its cached weights
+    are being read in the background."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind = src.get("source")
@@ -407,7 +497,7 @@ def _load_one(
         else:
             tok = AutoTokenizer.from_pretrained(path, **load_kw)
         if kind == "embedded":
-            model = _from_folder(Path(path), dtype)
+            model = _from_folder(Path(path), dtype, reader)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kw)
     except OSError as e:
@@ -416,7 +506,9 @@ def _load_one(
 
 
 def _same_tokenizer_files(a: Path, b: Path) -> bool:
-    names = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+    """Same vocabulary files. The chat template may differ (the embedded pair's differ in one escaped brace of the
+    tool-call text): a draft is fed the target's token ids and never encodes text itself."""
+    names = ("tokenizer.json", "tokenizer_config.json")
     try:
         return a.is_dir() and b.is_dir() and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
     except OSError:
@@ -426,9 +518,9 @@ def _same_tokenizer_files(a: Path, b: Path) -> bool:
 def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict]:
     """A transformers-loadable folder for an embedded GGUF model: built once (assemble, verify sha256, dequantise,
     save safetensors), then reused. A cache that fails its manifest check is rebuilt, never trusted."""
+    folder, sha = _cache_folder(name)
     m = embedded_model(name)
-    folder = cache_dir() / f"{name}-v{CACHE_FORMAT}"
-    if _cache_ok(folder, m.sha256):
+    if _cache_ok(folder, sha):
         return folder, {"source": "embedded", "name": name, "cache": "hit", "path": str(folder)}
     t0 = time.perf_counter()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -459,6 +551,11 @@ def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict]:
         "build_s": round(time.perf_counter() - t0, 1),
         "path": str(folder),
     }
+
+
+def _cache_folder(name: str) -> tuple[Path, str]:
+    """(the cache folder of an embedded model, the sha256 of its source)"""
+    return cache_dir() / f"{name}-v{CACHE_FORMAT}", embedded_model(name).sha256
 
 
 def _fingerprint(path: Path) -> str:

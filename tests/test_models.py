@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from specviz import embedded, models
 from specviz.config import ConfigError, model_preset, model_presets
@@ -97,7 +98,7 @@ def test_pair_with_different_tokenizers_is_refused(monkeypatch):
         def vocab_key(self):
             return self.key
 
-    monkeypatch.setattr(models, "_load_one", lambda src, *a, **k: (object(), FakeCodec(src["id"]), {}))
+    monkeypatch.setattr(models, "_load_one", lambda src, *a, **k: (torch.nn.Identity(), FakeCodec(src["id"]), {}))
     with pytest.raises(ConfigError, match="tokenizer differs"):
         load_pair("mixed", spec=spec)
 
@@ -115,3 +116,37 @@ def test_embedded_table_matches_issue():
     assert (t.parts, t.size, t.version) == (22, 1_117_320_768, "0.2.0")
     assert (d.parts, d.size, d.version) == (6, 491_400_064, "0.9.0")
     assert json.dumps([t.sha256, d.sha256])
+
+
+def test_cache_reader_hands_over_each_models_weights_in_order(tmp_path, monkeypatch):
+    """The background reader of a warm start: each listed model's tensors, bitwise what a plain read gives; a second
+    model of the same folder gets its own read; an unlisted folder is None; a truncated file's error reaches take()."""
+    from safetensors.torch import save_file
+
+    folders = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        g = torch.Generator().manual_seed(seed)
+        save_file(
+            {"w": torch.randn(64, 32, generator=g), "b": torch.randn(7, generator=g)}, folders[name] / "m.safetensors"
+        )
+    monkeypatch.setattr(models, "EMBEDDED", {"a": None, "b": None})
+    monkeypatch.setattr(models, "_cache_folder", lambda n: (folders[n], "sha"))
+    monkeypatch.setattr(models, "_cache_ok", lambda folder, sha: True)
+    src = {"source": "embedded"}
+    reader = models._CacheReader([{**src, "name": "a"}, {**src, "name": "b"}, {**src, "name": "a"}, None])
+    assert reader.take(tmp_path / "elsewhere") is None
+    first = reader.take(folders["a"])
+    assert first.keys() == {"w", "b"}
+    assert all(torch.equal(first[k], v) for k, v in models.read_folder(folders["a"]).items())
+    assert torch.equal(reader.take(folders["b"])["w"], models.read_folder(folders["b"])["w"])
+    second = reader.take(folders["a"])
+    assert torch.equal(second["w"], first["w"]) and second["w"].data_ptr() != first["w"].data_ptr()
+    assert reader.take(folders["a"]) is None  # all three handed over
+
+    data = (folders["b"] / "m.safetensors").read_bytes()
+    (folders["b"] / "m.safetensors").write_bytes(data[:-100])
+    reader = models._CacheReader([{**src, "name": "b"}])
+    with pytest.raises(ConfigError, match="truncated"):
+        reader.take(folders["b"])
