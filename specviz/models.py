@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,12 @@ import torch
 from specviz.config import PRESETS_DIR, ConfigError, model_preset
 from specviz.embedded import EMBEDDED, assemble, embedded_model
 from specviz.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
+from specviz.kernels import kernel
 
 Progress = Callable[[float, str], None]  # (fraction 0..1, message)
 CACHE_FORMAT = 1
+READ_THREADS = 4
+READ_PIECE = 64 << 20
 
 
 def cache_dir() -> Path:
@@ -267,18 +271,27 @@ def load_pair(
         info["heads_spec"] = dict(spec["heads"])
     cpu_fast = fast and use_cpu_fast_path(dev, dt)
 
-    def finish(model: torch.nn.Module, role: str) -> torch.nn.Module:
+    def finish(model: torch.nn.Module, role: str, folder: Path | None = None) -> torch.nn.Module:
         """On the device, with the CPU fast path: done per model as it arrives, so packing the target overlaps
-        reading the draft's weights."""
+        reading the draft's weights. folder: the model's embedded cache, where its packed weights are saved once."""
         model = model.to(dev)
-        if cpu_fast:
-            key = "linear" if role == "target" else "draft_linear"
+        key = "linear" if role == "target" else "draft_linear"
+        if packed_dtype(model) is not None:  # read from the packed cache: nothing to pack
+            bf16 = packed_dtype(model) == torch.bfloat16
+            info[key] = f"specviz packed kernel{', bf16 weights' if bf16 else ''} (from the packed cache)"
+        elif cpu_fast:
             if role == "draft" and use_bf16_draft(dev, dt):
                 model, info[key] = draft_fast_path(model)
             else:
                 model, info[key] = target_fast_path(model)
             _trim()
+            done = packed_dtype(model)
+            if folder is not None and done is not None and not _packed_ok(_packed_file(folder, done)):
+                progress(0.99, f"caching the {role}'s packed weights (once)")
+                save_packed(model, folder)
         return model
+
+    wanted = {"target": torch.float32, "draft": torch.bfloat16 if use_bf16_draft(dev, dt) else torch.float32}
 
     if spec["target"].get("source") == "random":
         target, draft, codec = _tiny_pair(spec, dt)
@@ -288,13 +301,17 @@ def load_pair(
         draft = finish(_shapes_model(spec["draft"], dt, dev), "draft") if spec.get("draft") else None
         codec = ByteCodec(target.config.vocab_size)
     else:
-        reader = _CacheReader([spec["target"], spec.get("draft")])  # reads while transformers imports
+        # read while transformers imports: the packed weights where cached, else the float32 ones
+        reader = _CacheReader(
+            [_cached_file(spec["target"], wanted["target"] if cpu_fast else None)]
+            + ([_cached_file(spec["draft"], wanted["draft"] if cpu_fast else None)] if spec.get("draft") else [])
+        )
         try:
             target, tcodec, tinfo = _load_one(
                 spec["target"], dt, spec.get("chat", True), _scaled(progress, 0.0, 0.7, "target"), reader=reader
             )
             info["target"] = tinfo
-            target = finish(target, "target")
+            target = finish(target, "target", _embedded_folder(tinfo))
             draft = None
             codec = tcodec
             if spec.get("draft"):
@@ -313,7 +330,7 @@ def load_pair(
                         f"preset {preset!r}: the draft's tokenizer differs from the target's; speculative decoding "
                         "needs one vocabulary for both"
                     )
-                draft = finish(draft, "draft")
+                draft = finish(draft, "draft", _embedded_folder(dinfo))
         finally:
             reader.stop()
     wrap: Callable[[torch.nn.Module, str], Any] = LM
@@ -355,12 +372,14 @@ _ST_DTYPES = {
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file read into ordinary memory, tensor by tensor, with no memory map: transformers maps the
-    file, and its pages then counted as resident beside the converted weights (measured: peak 17 GB for the pair)."""
+    """A safetensors file read into ordinary memory with no memory map: transformers maps the file, and its pages then
+    counted as resident beside the converted weights (measured: peak 17 GB for the pair). Read in 64 MiB pieces by
+    READ_THREADS threads: measured on our VM's disk, 4 readers moved 1.29 GB/s where one moved 1.01."""
     out: dict[str, torch.Tensor] = {}
-    with open(path, "rb", buffering=0) as f:  # unbuffered: big reads go straight into the tensors
+    with open(path, "rb", buffering=0) as f:
         size = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(size))
+        pieces: list[tuple[str, memoryview, int]] = []  # (tensor, where its bytes go, file offset)
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
@@ -368,15 +387,126 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                 raise ConfigError(f"{path}: tensor {name} has dtype {entry['dtype']}, which this reader does not know")
             start, end = entry["data_offsets"]
             t = torch.empty(entry["shape"], dtype=_ST_DTYPES[entry["dtype"]])
-            f.seek(8 + size + start)
-            view, done = memoryview(t.view(torch.uint8).reshape(-1).numpy()), 0
-            while done < end - start:  # a raw read may return less than asked (Linux caps one read near 2 GiB)
-                n = f.readinto(view[done:])
+            view = memoryview(t.view(torch.uint8).reshape(-1).numpy())
+            if len(view) != end - start:
+                raise ConfigError(f"{path}: tensor {name} does not fill its bytes: delete the folder to rebuild it")
+            pieces += [
+                (name, view[lo : lo + READ_PIECE], 8 + size + start + lo) for lo in range(0, len(view), READ_PIECE)
+            ]
+            out[name] = t
+
+        def fill(piece: tuple[str, memoryview, int]) -> None:
+            name, view, offset = piece
+            done = 0
+            while done < len(view):  # a read may return less than asked
+                n = os.preadv(f.fileno(), [view[done:]], offset + done)
                 if not n:
                     raise ConfigError(f"{path} is truncated at tensor {name}: delete the folder to rebuild it")
                 done += n
-            out[name] = t
+
+        with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="specviz-read") as pool:
+            for _ in pool.map(fill, pieces):  # raises the first failure
+                pass
     return out
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Tensors to a safetensors file, streamed tensor by tensor (safetensors' own writer copies everything first)."""
+    names = {v: k for k, v in _ST_DTYPES.items()}
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)  # the format aligns the data to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for t in tensors.values():
+            f.write(memoryview(t.detach().contiguous().view(torch.uint8).reshape(-1).numpy()))
+
+
+def packed_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of a model's packed weights (our kernel's PackedLinear), or None when it has none."""
+    from specviz.kernels import PackedLinear
+
+    return next((m.packed.dtype for m in model.modules() if isinstance(m, PackedLinear)), None)
+
+
+def _packed_file(folder: Path, dtype: torch.dtype) -> Path:
+    from specviz.kernels import kernel_tag
+
+    # a subfolder: the float32 loader reads every *.safetensors file of the folder itself
+    return folder / "packed" / f"{str(dtype).removeprefix('torch.')}-{kernel_tag()}.safetensors"
+
+
+def _packed_files(folder: Path) -> list[Path]:
+    return [_packed_file(folder, d) for d in (torch.float32, torch.bfloat16)]
+
+
+def save_packed(model: torch.nn.Module, folder: Path) -> Path | None:
+    """Save a packed model's weights beside its float32 cache, so the next start reads them instead of packing again
+    (written to a temporary name, then fingerprinted and renamed). Not for an input embedding tied to the head."""
+    from specviz.kernels import PackedEmbedding
+
+    dtype = packed_dtype(model)
+    if dtype is None or any(isinstance(m, PackedEmbedding) for m in model.modules()):
+        return None
+    dest = _packed_file(folder, dtype)
+    tmp = dest.with_name(dest.name + ".partial")
+    try:
+        dest.parent.mkdir(exist_ok=True)
+        write_safetensors(tmp, model.state_dict())
+        fingerprint = _fingerprint(tmp)
+        os.replace(tmp, dest)
+        dest.with_suffix(".json").write_text(json.dumps({"fingerprint": fingerprint}))
+    except OSError:  # a full disk costs the next start its packing pass, nothing else
+        tmp.unlink(missing_ok=True)
+        return None
+    return dest
+
+
+def _packed_ok(file: Path) -> bool:
+    try:
+        return json.loads(file.with_suffix(".json").read_text())["fingerprint"] == _fingerprint(file)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _cached_file(src: dict[str, Any], packed: torch.dtype | None) -> Path | None:
+    """What a warm start reads for an embedded model: its packed weights of dtype `packed` where cached and sound,
+    else its float32 cache folder; None when it is not cached (or not embedded)."""
+    if src.get("source") != "embedded" or src.get("name") not in EMBEDDED:
+        return None
+    folder, sha = _cache_folder(src["name"])
+    if not _cache_ok(folder, sha):
+        return None
+    if packed is not None and _packed_ok(_packed_file(folder, packed)):
+        return _packed_file(folder, packed)
+    return folder
+
+
+def _embedded_folder(info: dict[str, Any]) -> Path | None:
+    return Path(info["path"]) if info.get("source") == "embedded" and info.get("path") else None
+
+
+def _from_packed(cls: type, config: Any, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A model built on the meta device with PackedLinear shells, then given the saved packed weights as they are."""
+    from specviz.kernels import swap_shells
+
+    dtype = next(v.dtype for k, v in state.items() if k.endswith(".packed"))
+    with torch.device("meta"):
+        model = cls(config)
+    swap_shells(model, dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    for name, module in list(model.named_modules()):  # non-persistent buffers (rotary frequencies) are rebuilt
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, type(module)(config=module.config))
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise RuntimeError("packed weights left parts of the model unset")
+    return model.eval()
 
 
 def _trim() -> None:
@@ -399,42 +529,40 @@ def read_folder(path: Path) -> dict[str, torch.Tensor]:
 
 
 class _CacheReader:
-    """Reads the weights of a preset's cached embedded models in a background thread, in order, while the main
-    thread imports transformers, builds tokenizers and packs the model before: on our 2-core CPU a warm start then
-    waits mostly on the disk. Models not cached yet are skipped (their cold build reads them itself). take() hands
-    each state dict over and keeps no reference, so packing can free the float32 weights as it goes."""
+    """Reads the cached weights of a preset's embedded models in a background thread, in order, while the main thread
+    imports transformers, builds tokenizers and packs the model before: a warm start then waits mostly on the disk.
+    Each path is a cache folder (its float32 safetensors) or a packed-weights file; None (not cached yet) is skipped.
+    take() hands each state dict over and keeps no reference, so packing can free the float32 weights as it goes."""
 
-    def __init__(self, sources: Sequence[dict[str, Any] | None]) -> None:
-        self.folders: list[Path] = []
-        for src in sources:
-            if src and src.get("source") == "embedded" and src.get("name") in EMBEDDED:
-                folder, sha = _cache_folder(src["name"])
-                if _cache_ok(folder, sha):
-                    self.folders.append(folder)
-        self._pending = list(self.folders)  # what take() has still to hand over (the thread reads self.folders)
+    def __init__(self, paths: Sequence[Path | None]) -> None:
+        self.paths = [p for p in paths if p is not None]
+        self._pending = list(self.paths)  # what take() has still to hand over (the thread reads self.paths)
         self._out: queue.Queue[tuple[Path, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="specviz-weights", daemon=True)
-        if self.folders:
+        if self.paths:
             self._thread.start()
 
     def _run(self) -> None:
-        for folder in self.folders:
+        for path in self.paths:
             if self._stop.is_set():
                 return
             try:
-                self._out.put((folder, read_folder(folder)))
+                self._out.put((path, read_folder(path) if path.is_dir() else read_safetensors(path)))
             except Exception as e:  # handed to take(), which raises it in the loading thread
-                self._out.put((folder, e))
+                self._out.put((path, e))
 
-    def take(self, folder: Path) -> dict[str, torch.Tensor] | None:
-        """The folder's weights (waiting for them), or None when this reader is not reading it."""
-        if folder not in self._pending:
+    def reading(self, path: Path) -> bool:
+        return path in self._pending
+
+    def take(self, path: Path) -> dict[str, torch.Tensor] | None:
+        """The path's weights (waiting for them), or None when this reader is not reading it."""
+        if path not in self._pending:
             return None
-        self._pending.remove(folder)  # a second model of the same folder gets its own, second read
+        self._pending.remove(path)  # a second model of the same path gets its own, second read
         got, state = self._out.get()
-        if got != folder:  # models are taken in the order they were listed
-            raise RuntimeError(f"weights of {got} arrived where {folder} was expected")
+        if got != path:  # models are taken in the order they were listed
+            raise RuntimeError(f"weights of {got} arrived where {path} was expected")
         if isinstance(state, Exception):
             raise state
         return state
@@ -445,12 +573,21 @@ class _CacheReader:
 
 def _from_folder(path: Path, dtype: torch.dtype, reader: _CacheReader | None = None) -> Any:
     """A transformers model from a local folder of config.json + *.safetensors, read without a memory map (reader:
-    where they are being read already)."""
+    where they, or the model's packed weights, are being read already)."""
     import transformers
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
     cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])  # imports its code: seconds
+    packed = next((f for f in _packed_files(path) if reader and reader.reading(f)), None)
+    if packed is not None and reader is not None:
+        state = reader.take(packed)
+        if state is not None and kernel()[0] is not None:
+            model = _from_packed(cls, config, state)
+            if (path / "generation_config.json").is_file():
+                model.generation_config = transformers.GenerationConfig.from_pretrained(path)
+            return model
+        del state  # no kernel in this process after all: load the float32 weights
     state = (reader.take(path) if reader else None) or read_folder(path)
     model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
     if (path / "generation_config.json").is_file():  # eos ids and defaults, as from_pretrained(path) would read

@@ -134,3 +134,32 @@ def test_swap_leaves_named_layers_alone():
     swap_linears(model, skip=("lm_head",))
     assert type(model.lm_head) is torch.nn.Linear
     assert not any(type(m) is torch.nn.Linear for m in model.model.modules())
+
+
+@needs_kernel
+@pytest.mark.parametrize("wide", [True, False])
+def test_packed_weights_saved_once_load_as_they_were(tmp_path, wide):
+    """The packed cache of a warm start: a packed model saved beside its float32 cache and loaded back through the
+    background reader (built on the meta device, no packing pass) gives bitwise the same logits, float32 (target)
+    and bf16 (draft) weights alike; a corrupted file is not trusted."""
+    from specviz import models
+    from specviz.fastpath import draft_fast_path
+
+    codec = CharCodec()
+    model = tiny_model(codec.vocab_size, seed=3, init=0.2)
+    model.save_pretrained(tmp_path)  # the float32 cache folder
+    fp32 = models._from_folder(tmp_path, torch.float32)  # as a start without the packed cache loads it
+    packed = target_fast_path(fp32)[0] if wide else draft_fast_path(fp32, 0)[0]
+    file = models.save_packed(packed, tmp_path)
+    assert file is not None and models._packed_ok(file)
+    assert file.name.startswith("float32-" if wide else "bfloat16-")
+    assert not any(k.endswith(".packed") for k in models.read_folder(tmp_path))  # the float32 read skips them
+    loaded = models._from_folder(tmp_path, torch.float32, models._CacheReader([file]))
+    assert models.packed_dtype(loaded) == (torch.float32 if wide else torch.bfloat16)
+    ids = torch.tensor([codec.encode("def f(x): return x + 1")])
+    with torch.inference_mode():
+        assert torch.equal(loaded(ids).logits, packed(ids).logits)
+    with open(file, "r+b") as f:  # corrupt the last MiB: the fingerprint no longer matches
+        f.seek(-8, 2)
+        f.write(b"\xff" * 8)
+    assert not models._packed_ok(file)

@@ -118,9 +118,10 @@ def test_embedded_table_matches_issue():
     assert json.dumps([t.sha256, d.sha256])
 
 
-def test_cache_reader_hands_over_each_models_weights_in_order(tmp_path, monkeypatch):
-    """The background reader of a warm start: each listed model's tensors, bitwise what a plain read gives; a second
-    model of the same folder gets its own read; an unlisted folder is None; a truncated file's error reaches take()."""
+def test_cache_reader_hands_over_each_models_weights_in_order(tmp_path):
+    """The background reader of a warm start: each listed folder's (or file's) tensors, bitwise what a plain read
+    gives; a second model of the same folder gets its own read; an unlisted path is None; a truncated file's error
+    reaches take()."""
     from safetensors.torch import save_file
 
     folders = {}
@@ -128,25 +129,20 @@ def test_cache_reader_hands_over_each_models_weights_in_order(tmp_path, monkeypa
         folders[name] = tmp_path / name
         folders[name].mkdir()
         g = torch.Generator().manual_seed(seed)
-        save_file(
-            {"w": torch.randn(64, 32, generator=g), "b": torch.randn(7, generator=g)}, folders[name] / "m.safetensors"
-        )
-    monkeypatch.setattr(models, "EMBEDDED", {"a": None, "b": None})
-    monkeypatch.setattr(models, "_cache_folder", lambda n: (folders[n], "sha"))
-    monkeypatch.setattr(models, "_cache_ok", lambda folder, sha: True)
-    src = {"source": "embedded"}
-    reader = models._CacheReader([{**src, "name": "a"}, {**src, "name": "b"}, {**src, "name": "a"}, None])
+        big = torch.randn(300_000, 64, generator=g)  # several of the reader's 64 MiB pieces
+        save_file({"w": big, "b": torch.randn(7, generator=g).bfloat16()}, folders[name] / "m.safetensors")
+    file = folders["b"] / "m.safetensors"
+    reader = models._CacheReader([folders["a"], file, folders["a"], None])
     assert reader.take(tmp_path / "elsewhere") is None
     first = reader.take(folders["a"])
     assert first.keys() == {"w", "b"}
     assert all(torch.equal(first[k], v) for k, v in models.read_folder(folders["a"]).items())
-    assert torch.equal(reader.take(folders["b"])["w"], models.read_folder(folders["b"])["w"])
+    assert torch.equal(reader.take(file)["b"], models.read_safetensors(file)["b"])
     second = reader.take(folders["a"])
     assert torch.equal(second["w"], first["w"]) and second["w"].data_ptr() != first["w"].data_ptr()
     assert reader.take(folders["a"]) is None  # all three handed over
 
-    data = (folders["b"] / "m.safetensors").read_bytes()
-    (folders["b"] / "m.safetensors").write_bytes(data[:-100])
-    reader = models._CacheReader([{**src, "name": "b"}])
+    file.write_bytes(file.read_bytes()[:-100])
+    reader = models._CacheReader([file])
     with pytest.raises(ConfigError, match="truncated"):
-        reader.take(folders["b"])
+        reader.take(file)

@@ -4,6 +4,7 @@ on first use, and the modules that use it: linear layers (and a tied input embed
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,6 +37,12 @@ def kernel() -> tuple[SimpleNamespace | None, str]:
         return None, f"build failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
 
 
+@functools.cache
+def kernel_tag() -> str:
+    """Names the packed layout: a hash of the kernel's source, so weights packed by another version are never read."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+
+
 def unpack_rows(packed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Rows `ids` of the (N, K) weight that `packed` (N/16, K, 16) holds: ids.shape + (K,), bitwise the original's."""
     return packed[torch.div(ids, LANES, rounding_mode="floor"), :, ids % LANES]
@@ -57,6 +64,24 @@ class PackedLinear(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
         self._empty = torch.empty(0)
         self._linear = ops.packed_linear
+
+    @classmethod
+    def shell(cls, in_features: int, out_features: int, dtype: torch.dtype, bias: bool) -> PackedLinear:
+        """A PackedLinear with weights on the meta device, to be filled by load_state_dict(assign=True) from packed
+        weights saved earlier (no packing pass)."""
+        ops = kernel()[0]
+        if ops is None:
+            raise RuntimeError(f"packed linear kernel unavailable: {kernel()[1]}")
+        self = cls.__new__(cls)
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = in_features, out_features
+        blocks = (out_features + LANES - 1) // LANES
+        meta = torch.device("meta")
+        self.packed = torch.nn.Parameter(torch.empty(blocks, in_features, LANES, dtype=dtype, device=meta), False)
+        self.bias = torch.nn.Parameter(torch.empty(out_features, device=meta), False) if bias else None
+        self._empty = torch.empty(0)
+        self._linear = ops.packed_linear
+        return self
 
     @property
     def weight(self) -> torch.Tensor:
@@ -98,6 +123,18 @@ def swap_linears(
         packed_head = module.get_output_embeddings()
         if isinstance(packed_head, PackedLinear):
             module.set_input_embeddings(PackedEmbedding(packed_head, emb.padding_idx))  # type: ignore[union-attr]
+    return module
+
+
+def swap_shells(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Every nn.Linear becomes an empty PackedLinear shell of `dtype` (for a model built on the meta device)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.Linear):
+            setattr(
+                module, name, PackedLinear.shell(child.in_features, child.out_features, dtype, child.bias is not None)
+            )
+        else:
+            swap_shells(child, dtype)
     return module
 
 
