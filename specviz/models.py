@@ -9,14 +9,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import queue
 import shutil
 import string
-import struct
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +23,21 @@ from specviz.config import PRESETS_DIR, ConfigError, model_preset
 from specviz.embedded import EMBEDDED, assemble, embedded_model
 from specviz.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
 from specviz.kernels import kernel
+from specviz.weights import (
+    CacheReader,
+    fingerprint,
+    from_packed,
+    packed_dtype,
+    packed_file,
+    packed_files,
+    packed_ok,
+    read_folder,
+    save_packed,
+    trim,
+)
 
 Progress = Callable[[float, str], None]  # (fraction 0..1, message)
 CACHE_FORMAT = 1
-READ_THREADS = 4
-READ_PIECE = 64 << 20
 
 
 def cache_dir() -> Path:
@@ -284,9 +290,9 @@ def load_pair(
                 model, info[key] = draft_fast_path(model)
             else:
                 model, info[key] = target_fast_path(model)
-            _trim()
+            trim()
             done = packed_dtype(model)
-            if folder is not None and done is not None and not _packed_ok(_packed_file(folder, done)):
+            if folder is not None and done is not None and not packed_ok(packed_file(folder, done)):
                 progress(0.99, f"caching the {role}'s packed weights (once)")
                 save_packed(model, folder)
         return model
@@ -302,7 +308,7 @@ def load_pair(
         codec = ByteCodec(target.config.vocab_size)
     else:
         # read while transformers imports: the packed weights where cached, else the float32 ones
-        reader = _CacheReader(
+        reader = CacheReader(
             [_cached_file(spec["target"], wanted["target"] if cpu_fast else None)]
             + ([_cached_file(spec["draft"], wanted["draft"] if cpu_fast else None)] if spec.get("draft") else [])
         )
@@ -362,118 +368,6 @@ def _gpu_fast_path(target: torch.nn.Module) -> tuple[Callable[[torch.nn.Module, 
     return wrap, "static KV cache + CUDA graphs" + (" + torch.compile" if compile_ else "")
 
 
-_ST_DTYPES = {
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-}
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file read into ordinary memory with no memory map: transformers maps the file, and its pages then
-    counted as resident beside the converted weights (measured: peak 17 GB for the pair). Read in 64 MiB pieces by
-    READ_THREADS threads: measured on our VM's disk, 4 readers moved 1.29 GB/s where one moved 1.01."""
-    out: dict[str, torch.Tensor] = {}
-    with open(path, "rb", buffering=0) as f:
-        size = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(size))
-        pieces: list[tuple[str, memoryview, int]] = []  # (tensor, where its bytes go, file offset)
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            if entry["dtype"] not in _ST_DTYPES:
-                raise ConfigError(f"{path}: tensor {name} has dtype {entry['dtype']}, which this reader does not know")
-            start, end = entry["data_offsets"]
-            t = torch.empty(entry["shape"], dtype=_ST_DTYPES[entry["dtype"]])
-            view = memoryview(t.view(torch.uint8).reshape(-1).numpy())
-            if len(view) != end - start:
-                raise ConfigError(f"{path}: tensor {name} does not fill its bytes: delete the folder to rebuild it")
-            pieces += [
-                (name, view[lo : lo + READ_PIECE], 8 + size + start + lo) for lo in range(0, len(view), READ_PIECE)
-            ]
-            out[name] = t
-
-        def fill(piece: tuple[str, memoryview, int]) -> None:
-            name, view, offset = piece
-            done = 0
-            while done < len(view):  # a read may return less than asked
-                n = os.preadv(f.fileno(), [view[done:]], offset + done)
-                if not n:
-                    raise ConfigError(f"{path} is truncated at tensor {name}: delete the folder to rebuild it")
-                done += n
-
-        with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="specviz-read") as pool:
-            for _ in pool.map(fill, pieces):  # raises the first failure
-                pass
-    return out
-
-
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Tensors to a safetensors file, streamed tensor by tensor (safetensors' own writer copies everything first)."""
-    names = {v: k for k, v in _ST_DTYPES.items()}
-    header: dict[str, Any] = {}
-    offset = 0
-    for name, t in tensors.items():
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)  # the format aligns the data to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
-        for t in tensors.values():
-            f.write(memoryview(t.detach().contiguous().view(torch.uint8).reshape(-1).numpy()))
-
-
-def packed_dtype(model: torch.nn.Module) -> torch.dtype | None:
-    """The dtype of a model's packed weights (our kernel's PackedLinear), or None when it has none."""
-    from specviz.kernels import PackedLinear
-
-    return next((m.packed.dtype for m in model.modules() if isinstance(m, PackedLinear)), None)
-
-
-def _packed_file(folder: Path, dtype: torch.dtype) -> Path:
-    from specviz.kernels import kernel_tag
-
-    # a subfolder: the float32 loader reads every *.safetensors file of the folder itself
-    return folder / "packed" / f"{str(dtype).removeprefix('torch.')}-{kernel_tag()}.safetensors"
-
-
-def _packed_files(folder: Path) -> list[Path]:
-    return [_packed_file(folder, d) for d in (torch.float32, torch.bfloat16)]
-
-
-def save_packed(model: torch.nn.Module, folder: Path) -> Path | None:
-    """Save a packed model's weights beside its float32 cache, so the next start reads them instead of packing again
-    (written to a temporary name, then fingerprinted and renamed). Not for an input embedding tied to the head."""
-    from specviz.kernels import PackedEmbedding
-
-    dtype = packed_dtype(model)
-    if dtype is None or any(isinstance(m, PackedEmbedding) for m in model.modules()):
-        return None
-    dest = _packed_file(folder, dtype)
-    tmp = dest.with_name(dest.name + ".partial")
-    try:
-        dest.parent.mkdir(exist_ok=True)
-        write_safetensors(tmp, model.state_dict())
-        fingerprint = _fingerprint(tmp)
-        os.replace(tmp, dest)
-        dest.with_suffix(".json").write_text(json.dumps({"fingerprint": fingerprint}))
-    except OSError:  # a full disk costs the next start its packing pass, nothing else
-        tmp.unlink(missing_ok=True)
-        return None
-    return dest
-
-
-def _packed_ok(file: Path) -> bool:
-    try:
-        return json.loads(file.with_suffix(".json").read_text())["fingerprint"] == _fingerprint(file)
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def _cached_file(src: dict[str, Any], packed: torch.dtype | None) -> Path | None:
     """What a warm start reads for an embedded model: its packed weights of dtype `packed` where cached and sound,
     else its float32 cache folder; None when it is not cached (or not embedded)."""
@@ -482,8 +376,8 @@ def _cached_file(src: dict[str, Any], packed: torch.dtype | None) -> Path | None
     folder, sha = _cache_folder(src["name"])
     if not _cache_ok(folder, sha):
         return None
-    if packed is not None and _packed_ok(_packed_file(folder, packed)):
-        return _packed_file(folder, packed)
+    if packed is not None and packed_ok(packed_file(folder, packed)):
+        return packed_file(folder, packed)
     return folder
 
 
@@ -491,87 +385,7 @@ def _embedded_folder(info: dict[str, Any]) -> Path | None:
     return Path(info["path"]) if info.get("source") == "embedded" and info.get("path") else None
 
 
-def _from_packed(cls: type, config: Any, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """A model built on the meta device with PackedLinear shells, then given the saved packed weights as they are."""
-    from specviz.kernels import swap_shells
-
-    dtype = next(v.dtype for k, v in state.items() if k.endswith(".packed"))
-    with torch.device("meta"):
-        model = cls(config)
-    swap_shells(model, dtype)
-    model.load_state_dict(state, strict=True, assign=True)
-    for name, module in list(model.named_modules()):  # non-persistent buffers (rotary frequencies) are rebuilt
-        if any(b.is_meta for b in module.buffers(recurse=False)):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, type(module)(config=module.config))
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        raise RuntimeError("packed weights left parts of the model unset")
-    return model.eval()
-
-
-def _trim() -> None:
-    """Hand freed heap memory back to the system (glibc): packing frees the float32 weights piece by piece, and pieces
-    freed in the reading thread's arena would otherwise stay resident."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def read_folder(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a folder's *.safetensors files."""
-    state: dict[str, torch.Tensor] = {}
-    for file in sorted(path.glob("*.safetensors")):
-        state.update(read_safetensors(file))
-    return state
-
-
-class _CacheReader:
-    """Reads the cached weights of a preset's embedded models in a background thread, in order, while the main thread
-    imports transformers, builds tokenizers and packs the model before: a warm start then waits mostly on the disk.
-    Each path is a cache folder (its float32 safetensors) or a packed-weights file; None (not cached yet) is skipped.
-    take() hands each state dict over and keeps no reference, so packing can free the float32 weights as it goes."""
-
-    def __init__(self, paths: Sequence[Path | None]) -> None:
-        self.paths = [p for p in paths if p is not None]
-        self._pending = list(self.paths)  # what take() has still to hand over (the thread reads self.paths)
-        self._out: queue.Queue[tuple[Path, Any]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="specviz-weights", daemon=True)
-        if self.paths:
-            self._thread.start()
-
-    def _run(self) -> None:
-        for path in self.paths:
-            if self._stop.is_set():
-                return
-            try:
-                self._out.put((path, read_folder(path) if path.is_dir() else read_safetensors(path)))
-            except Exception as e:  # handed to take(), which raises it in the loading thread
-                self._out.put((path, e))
-
-    def reading(self, path: Path) -> bool:
-        return path in self._pending
-
-    def take(self, path: Path) -> dict[str, torch.Tensor] | None:
-        """The path's weights (waiting for them), or None when this reader is not reading it."""
-        if path not in self._pending:
-            return None
-        self._pending.remove(path)  # a second model of the same path gets its own, second read
-        got, state = self._out.get()
-        if got != path:  # models are taken in the order they were listed
-            raise RuntimeError(f"weights of {got} arrived where {path} was expected")
-        if isinstance(state, Exception):
-            raise state
-        return state
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def _from_folder(path: Path, dtype: torch.dtype, reader: _CacheReader | None = None) -> Any:
+def _from_folder(path: Path, dtype: torch.dtype, reader: CacheReader | None = None) -> Any:
     """A transformers model from a local folder of config.json + *.safetensors, read without a memory map (reader:
     where they, or the model's packed weights, are being read already)."""
     import transformers
@@ -579,15 +393,19 @@ def _from_folder(path: Path, dtype: torch.dtype, reader: _CacheReader | None = N
 
     config = AutoConfig.from_pretrained(path)
     cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])  # imports its code: seconds
-    packed = next((f for f in _packed_files(path) if reader and reader.reading(f)), None)
+    packed = next((f for f in packed_files(path) if reader and reader.reading(f)), None)
     if packed is not None and reader is not None:
         state = reader.take(packed)
         if state is not None and kernel()[0] is not None:
-            model = _from_packed(cls, config, state)
-            if (path / "generation_config.json").is_file():
-                model.generation_config = transformers.GenerationConfig.from_pretrained(path)
-            return model
-        del state  # no kernel in this process after all: load the float32 weights
+            try:
+                model = from_packed(cls, config, state)
+            except Exception:  # e.g. another transformers' module layout: the float32 cache still works
+                model = None
+            if model is not None:
+                if (path / "generation_config.json").is_file():
+                    model.generation_config = transformers.GenerationConfig.from_pretrained(path)
+                return model
+        del state  # no kernel in this process after all, or unusable: load the float32 weights
     state = (reader.take(path) if reader else None) or read_folder(path)
     model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
     if (path / "generation_config.json").is_file():  # eos ids and defaults, as from_pretrained(path) would read
@@ -612,7 +430,7 @@ def _load_one(
     chat: bool,
     progress: Progress,
     share: HFCodec | None = None,
-    reader: _CacheReader | None = None,
+    reader: CacheReader | None = None,
 ) -> tuple[Any, HFCodec, dict]:
     """One model and its codec; `share`: a codec whose tokenizer to reuse when this model's tokenizer files are the
     same bytes (the embedded pair's are: building a Qwen tokenizer takes seconds); `reader`: where its cached weights
@@ -695,19 +513,8 @@ def _cache_folder(name: str) -> tuple[Path, str]:
     return cache_dir() / f"{name}-v{CACHE_FORMAT}", embedded_model(name).sha256
 
 
-def _fingerprint(path: Path) -> str:
-    """Size plus sha256 of the first and last MiB: catches truncated and half-written files in milliseconds."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()
-
-
 def _write_manifest(folder: Path, source_sha: str) -> None:
-    files = {p.name: _fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    files = {p.name: fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
     (folder / "specviz-manifest.json").write_text(
         json.dumps({"format": CACHE_FORMAT, "source_sha256": source_sha, "files": files}, indent=1)
     )
@@ -718,7 +525,7 @@ def _cache_ok(folder: Path, source_sha: str) -> bool:
         man = json.loads((folder / "specviz-manifest.json").read_text())
         if man.get("format") != CACHE_FORMAT or man.get("source_sha256") != source_sha or not man.get("files"):
             return False
-        return all(_fingerprint(folder / n) == fp for n, fp in man["files"].items())
+        return all(fingerprint(folder / n) == fp for n, fp in man["files"].items())
     except (OSError, ValueError):
         return False
 

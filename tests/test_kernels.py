@@ -138,11 +138,12 @@ def test_swap_leaves_named_layers_alone():
 
 @needs_kernel
 @pytest.mark.parametrize("wide", [True, False])
-def test_packed_weights_saved_once_load_as_they_were(tmp_path, wide):
+def test_packed_weights_saved_once_load_as_they_were(tmp_path, monkeypatch, wide):
     """The packed cache of a warm start: a packed model saved beside its float32 cache and loaded back through the
     background reader (built on the meta device, no packing pass) gives bitwise the same logits, float32 (target)
-    and bf16 (draft) weights alike; a corrupted file is not trusted."""
-    from specviz import models
+    and bf16 (draft) weights alike; packed weights that cannot be used fall back to the float32 cache; a corrupted
+    file is not trusted."""
+    from specviz import models, weights
     from specviz.fastpath import draft_fast_path
 
     codec = CharCodec()
@@ -150,16 +151,22 @@ def test_packed_weights_saved_once_load_as_they_were(tmp_path, wide):
     model.save_pretrained(tmp_path)  # the float32 cache folder
     fp32 = models._from_folder(tmp_path, torch.float32)  # as a start without the packed cache loads it
     packed = target_fast_path(fp32)[0] if wide else draft_fast_path(fp32, 0)[0]
-    file = models.save_packed(packed, tmp_path)
-    assert file is not None and models._packed_ok(file)
+    file = weights.save_packed(packed, tmp_path)
+    assert file is not None and weights.packed_ok(file)
     assert file.name.startswith("float32-" if wide else "bfloat16-")
-    assert not any(k.endswith(".packed") for k in models.read_folder(tmp_path))  # the float32 read skips them
-    loaded = models._from_folder(tmp_path, torch.float32, models._CacheReader([file]))
-    assert models.packed_dtype(loaded) == (torch.float32 if wide else torch.bfloat16)
+    assert not any(k.endswith(".packed") for k in weights.read_folder(tmp_path))  # the float32 read skips them
+    loaded = models._from_folder(tmp_path, torch.float32, weights.CacheReader([file]))
+    assert weights.packed_dtype(loaded) == (torch.float32 if wide else torch.bfloat16)
     ids = torch.tensor([codec.encode("def f(x): return x + 1")])
     with torch.inference_mode():
         assert torch.equal(loaded(ids).logits, packed(ids).logits)
+
+    def broken(*a):
+        raise RuntimeError("a module layout this code does not know")
+
+    monkeypatch.setattr(models, "from_packed", broken)  # unusable packed weights: the float32 cache is loaded
+    assert weights.packed_dtype(models._from_folder(tmp_path, torch.float32, weights.CacheReader([file]))) is None
     with open(file, "r+b") as f:  # corrupt the last MiB: the fingerprint no longer matches
         f.seek(-8, 2)
         f.write(b"\xff" * 8)
-    assert not models._packed_ok(file)
+    assert not weights.packed_ok(file)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specviz import embedded, models
+from specviz import embedded, models, weights
 from specviz.config import ConfigError, model_preset, model_presets
 from specviz.embedded import EmbeddedModel
 from specviz.models import CharCodec, load_pair
@@ -132,17 +132,17 @@ def test_cache_reader_hands_over_each_models_weights_in_order(tmp_path):
         big = torch.randn(300_000, 64, generator=g)  # several of the reader's 64 MiB pieces
         save_file({"w": big, "b": torch.randn(7, generator=g).bfloat16()}, folders[name] / "m.safetensors")
     file = folders["b"] / "m.safetensors"
-    reader = models._CacheReader([folders["a"], file, folders["a"], None])
+    reader = weights.CacheReader([folders["a"], file, folders["a"], None])
     assert reader.take(tmp_path / "elsewhere") is None
     first = reader.take(folders["a"])
     assert first.keys() == {"w", "b"}
-    assert all(torch.equal(first[k], v) for k, v in models.read_folder(folders["a"]).items())
-    assert torch.equal(reader.take(file)["b"], models.read_safetensors(file)["b"])
+    assert all(torch.equal(first[k], v) for k, v in weights.read_folder(folders["a"]).items())
+    assert torch.equal(reader.take(file)["b"], weights.read_safetensors(file)["b"])
     second = reader.take(folders["a"])
     assert torch.equal(second["w"], first["w"]) and second["w"].data_ptr() != first["w"].data_ptr()
     assert reader.take(folders["a"]) is None  # all three handed over
 
     file.write_bytes(file.read_bytes()[:-100])
-    reader = models._CacheReader([file])
+    reader = weights.CacheReader([file])
     with pytest.raises(ConfigError, match="truncated"):
         reader.take(file)
