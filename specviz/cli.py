@@ -332,9 +332,10 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
             rows += tg.check_assisted(pair, cfg, suite, args.limit, log)
         elif name == "speedups":
             rows += tg.check_speedups(pair, cfg, args.limit, args.ngram_gamma, log)
+    gpu_only = pair is None and bool(details)  # only --targets gpu ran: its own preset, on its GPU
     meta = {
-        "preset": preset,
-        "device": str(pair.device) if pair else "cpu",
+        "preset": report["preset"] if gpu_only else preset,
+        "device": report["device"] if gpu_only else str(pair.device) if pair else "cpu",
         "threads": torch.get_num_threads(),
         "config": cfg.to_dict(),
         "suite": suite,

@@ -82,7 +82,7 @@ def gpu_report(
         raise ConfigError("target gpu needs a CUDA device, and torch sees none here")
     t_start = time.perf_counter()
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    rep: dict[str, Any] = {"device": name, "torch": torch.__version__}
+    rep: dict[str, Any] = {"device": name, "preset": preset, "torch": torch.__version__}
     import transformers
 
     rep["transformers"] = transformers.__version__
