@@ -22,7 +22,7 @@ import torch
 from specviz.config import PRESETS_DIR, ConfigError, model_preset
 from specviz.embedded import EMBEDDED, assemble, embedded_model
 from specviz.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
-from specviz.kernels import kernel
+from specviz.kernels import kernel, prebuild
 from specviz.weights import (
     CacheReader,
     fingerprint,
@@ -276,6 +276,8 @@ def load_pair(
     if spec.get("heads"):
         info["heads_spec"] = dict(spec["heads"])
     cpu_fast = fast and use_cpu_fast_path(dev, dt)
+    if cpu_fast:
+        prebuild()
 
     def finish(model: torch.nn.Module, role: str, folder: Path | None = None) -> torch.nn.Module:
         """On the device, with the CPU fast path: done per model as it arrives, so packing the target overlaps

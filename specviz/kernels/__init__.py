@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,9 +16,28 @@ SOURCE = Path(__file__).with_name("packed_linear.cpp")
 LANES = 16  # outputs per packed block (packed_linear.cpp)
 
 
-@functools.cache
+_prebuild: threading.Thread | None = None
+
+
+def prebuild() -> None:
+    """Build (or load) the kernel in a background thread now: a cold start compiles it (about a minute on our 2-core
+    CPU) while the models are dequantised, a warm start loads it while their weights are read."""
+    global _prebuild
+    if _prebuild is None:
+        # not a daemon: killed mid-build at exit, it would leave torch's build lock behind and the next start waiting
+        _prebuild = threading.Thread(target=_kernel, name="specviz-kernel", daemon=False)
+        _prebuild.start()
+
+
 def kernel() -> tuple[SimpleNamespace | None, str]:
     """(the compiled ops pack_weight / packed_linear, or None; what happened). SPECVIZ_KERNEL=0 turns it off."""
+    if _prebuild is not None and _prebuild is not threading.current_thread():
+        _prebuild.join()  # one build at a time
+    return _kernel()
+
+
+@functools.cache
+def _kernel() -> tuple[SimpleNamespace | None, str]:
     if os.environ.get("SPECVIZ_KERNEL", "1") == "0":
         return None, "off (SPECVIZ_KERNEL=0)"
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
