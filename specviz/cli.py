@@ -310,7 +310,7 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[tg.TargetRow] = []
     if "startup" in names:  # first, before this process holds a pair in memory
         rows += tg.check_startup(preset, args.cold, log)
-    details = ""
+    details, report = "", None
     if "gpu" in names:  # its own pair: random weights of the default pair's shapes, on CUDA
         from specviz.gpu_bench import gpu_report
 
@@ -332,7 +332,7 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
             rows += tg.check_assisted(pair, cfg, suite, args.limit, log)
         elif name == "speedups":
             rows += tg.check_speedups(pair, cfg, args.limit, args.ngram_gamma, log)
-    gpu_only = pair is None and bool(details)  # only --targets gpu ran: its own preset, on its GPU
+    gpu_only = report is not None and set(names) == {"gpu"}  # its own preset, on its GPU
     meta = {
         "preset": report["preset"] if gpu_only else preset,
         "device": report["device"] if gpu_only else str(pair.device) if pair else "cpu",

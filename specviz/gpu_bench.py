@@ -58,6 +58,22 @@ def _hf(model: Any, ids: list[int], n: int, **extra: Any) -> list[int]:
     return out[0, len(ids) :].tolist()
 
 
+def _pass_ms(lm: Any, ids: list[int], t: int, positions: int, reps: int) -> float:
+    """ms for one pass of t tokens after the prompt `ids` (the run reserved for `positions`): median of reps x 20."""
+    lm.reset()
+    lm.reserve(positions)
+    lm.forward(ids, keep=1)
+    base = lm.length
+
+    def twenty() -> None:
+        for _ in range(20):
+            lm.crop(base)
+            lm.forward(ids[:t])
+
+    s, _ = _timed(twenty, reps)
+    return s / 20 * 1e3
+
+
 def _per_token(t_n: float, t_1: float, n: int) -> float:
     """ms per decoded token: (time for n tokens - time for 1 token) / (n - 1), so prefill drops out."""
     return (t_n - t_1) / (n - 1) * 1e3
@@ -146,18 +162,8 @@ def gpu_report(
             ("draft", pair.draft),
             ("layerskip", pair.target.with_layers(_default_kept(pair))),
         ):
-            lm.reset()
-            lm.reserve(prompt_len + tokens)
-            lm.forward(ids, keep=1)
-            base = lm.length
             for t in (1, 5, 9, 16) if name == "target" else (1,):
-
-                def one(t: int = t, lm: Any = lm, base: int = base) -> None:
-                    lm.crop(base)
-                    lm.forward(ids[:t])
-
-                s, _ = _timed(lambda one=one: [one() for _ in range(20)], reps)
-                out[f"{name}_{t}_ms"] = s / 20 * 1e3
+                out[f"{name}_{t}_ms"] = _pass_ms(lm, ids, t, prompt_len + tokens, reps)
         out["c_draft"] = out["draft_1_ms"] / out["target_1_ms"]
         out["c_layerskip"] = out["layerskip_1_ms"] / out["target_1_ms"]
         out["bytes_per_pass_gb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
@@ -209,20 +215,10 @@ def gpu_report(
         c = cfg.with_(max_new_tokens=tokens)
         t_n, s = _timed(lambda: run(lm, None, ids, c).run(), reps)
         t_1, _ = _timed(lambda: run(lm, None, ids, c.with_(max_new_tokens=1)).run(), reps)
-        lm.reset()
-        lm.reserve(prompt_len + tokens)
-        lm.forward(ids, keep=1)
-        base = lm.length
-
-        def one() -> None:
-            lm.crop(base)
-            lm.forward(ids[:1])
-
-        p, _ = _timed(lambda: [one() for _ in range(20)], reps)
         return {
             "total_s": t_n,
             "ms_per_token": _per_token(t_n, t_1, tokens),
-            "pass_1_ms": p / 20 * 1e3,
+            "pass_1_ms": _pass_ms(lm, ids, 1, prompt_len + tokens, reps),
             "same_as_ours": s.output_ids == rep["_plain_ids"],
         }
 

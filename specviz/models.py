@@ -284,8 +284,9 @@ def load_pair(
         reading the draft's weights. folder: the model's embedded cache, where its packed weights are saved once."""
         model = model.to(dev)
         key = "linear" if role == "target" else "draft_linear"
-        if packed_dtype(model) is not None:  # read from the packed cache: nothing to pack
-            bf16 = packed_dtype(model) == torch.bfloat16
+        cached = packed_dtype(model)
+        if cached is not None:  # read from the packed cache: nothing to pack
+            bf16 = cached == torch.bfloat16
             info[key] = f"specviz packed kernel{', bf16 weights' if bf16 else ''} (from the packed cache)"
         elif cpu_fast:
             if role == "draft" and use_bf16_draft(dev, dt):
@@ -395,8 +396,8 @@ def _from_folder(path: Path, dtype: torch.dtype, reader: CacheReader | None = No
 
     config = AutoConfig.from_pretrained(path)
     cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])  # imports its code: seconds
-    packed = next((f for f in packed_files(path) if reader and reader.reading(f)), None)
-    if packed is not None and reader is not None:
+    packed = next((f for f in packed_files(path) if reader.reading(f)), None) if reader else None
+    if packed is not None:
         state = reader.take(packed)
         if state is not None and kernel()[0] is not None:
             try:

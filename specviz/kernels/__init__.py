@@ -73,35 +73,24 @@ class PackedLinear(torch.nn.Module):
     released once nothing else holds it), run by our kernel for every pass: each row's result is the same whatever
     rows come with it."""
 
-    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype = torch.float32, shell: bool = False) -> None:
+        """shell: leave the weights empty on the meta device, to be filled by load_state_dict(assign=True) from packed
+        weights saved earlier (no packing pass)."""
         super().__init__()
         ops = kernel()[0]
         if ops is None:
             raise RuntimeError(f"packed linear kernel unavailable: {kernel()[1]}")
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.nn.Parameter(ops.pack_weight(linear.weight.detach().to(dtype)), requires_grad=False)
-        bias = None if linear.bias is None else linear.bias.detach().float()
+        n, k = self.out_features, self.in_features = linear.out_features, linear.in_features
+        if shell:
+            packed = torch.empty((n + LANES - 1) // LANES, k, LANES, dtype=dtype, device="meta")
+            bias = None if linear.bias is None else torch.empty(n, device="meta")
+        else:
+            packed = ops.pack_weight(linear.weight.detach().to(dtype))
+            bias = None if linear.bias is None else linear.bias.detach().float()
+        self.packed = torch.nn.Parameter(packed, requires_grad=False)
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
         self._empty = torch.empty(0)
         self._linear = ops.packed_linear
-
-    @classmethod
-    def shell(cls, in_features: int, out_features: int, dtype: torch.dtype, bias: bool) -> PackedLinear:
-        """A PackedLinear with weights on the meta device, to be filled by load_state_dict(assign=True) from packed
-        weights saved earlier (no packing pass)."""
-        ops = kernel()[0]
-        if ops is None:
-            raise RuntimeError(f"packed linear kernel unavailable: {kernel()[1]}")
-        self = cls.__new__(cls)
-        torch.nn.Module.__init__(self)
-        self.in_features, self.out_features = in_features, out_features
-        blocks = (out_features + LANES - 1) // LANES
-        meta = torch.device("meta")
-        self.packed = torch.nn.Parameter(torch.empty(blocks, in_features, LANES, dtype=dtype, device=meta), False)
-        self.bias = torch.nn.Parameter(torch.empty(out_features, device=meta), False) if bias else None
-        self._empty = torch.empty(0)
-        self._linear = ops.packed_linear
-        return self
 
     @property
     def weight(self) -> torch.Tensor:
@@ -148,20 +137,14 @@ def swap_linears(
 
 def swap_shells(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Every nn.Linear becomes an empty PackedLinear shell of `dtype` (for a model built on the meta device)."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, torch.nn.Linear):
-            setattr(
-                module, name, PackedLinear.shell(child.in_features, child.out_features, dtype, child.bias is not None)
-            )
-        else:
-            swap_shells(child, dtype)
+    _swap(module, (), dtype, shell=True)
     return module
 
 
-def _swap(module: torch.nn.Module, skip: tuple[str, ...], dtype: torch.dtype) -> None:
+def _swap(module: torch.nn.Module, skip: tuple[str, ...], dtype: torch.dtype, shell: bool = False) -> None:
     for name, child in list(module.named_children()):
         if isinstance(child, torch.nn.Linear) and name not in skip:
-            setattr(module, name, PackedLinear(child, dtype))
+            setattr(module, name, PackedLinear(child, dtype, shell))
             child.weight = None  # type: ignore[assignment]  # drop our reference now, not at the end of the walk
         else:
-            _swap(child, skip, dtype)
+            _swap(child, skip, dtype, shell)
