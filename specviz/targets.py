@@ -301,6 +301,8 @@ def _probe(preset: str) -> None:
                 "rss_after_gen_gb": _rss_gb(),
                 "peak_gb": peak,
                 "file_loaded_gb": file_loaded,
+                # a cold start's cache build, per model and stage (assemble, metadata, tokenizer, dequantise, write)
+                "builds": {r: pair.info[r].get("build_stages") for r in ("target", "draft") if r in pair.info},
             }
         )
     )
@@ -342,7 +344,7 @@ def check_startup(preset: str, cold: bool, log: Log) -> list[TargetRow]:
                 wall,
                 "<=",
                 150,
-                f"load_pair {probe['load_s']:.1f} s",
+                f"load_pair {probe['load_s']:.1f} s; cache builds: {_stages(probe.get('builds', {}))}",
             )
         )
     log("startup: warm start")
@@ -364,6 +366,16 @@ def check_startup(preset: str, cold: bool, log: Log) -> list[TargetRow]:
         )
     )
     return rows
+
+
+def _stages(builds: dict[str, Any]) -> str:
+    """'target 40 s (assemble 5, dequantise 20, ...), draft ...' from a cold probe's build stages."""
+    parts = []
+    for role, stages in builds.items():
+        if stages:
+            each = ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in stages.items())
+            parts.append(f"{role} {sum(stages.values()):.0f} s ({each})")
+    return "; ".join(parts) or "none"
 
 
 def check_gpu(report: dict[str, Any]) -> list[TargetRow]:
