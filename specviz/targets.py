@@ -329,29 +329,32 @@ def _child(preset: str, env: dict[str, str]) -> tuple[dict[str, Any], float]:
 
 def check_startup(preset: str, cold: bool, log: Log) -> list[TargetRow]:
     """Warm start (from the cache) and, with cold=True, a cold start into an empty cache (assemble, verify,
-    dequantise, write, build the kernel), each in a fresh Python process; peak memory of the loaded pair after a short generation."""
-    rows = []
-    env = {**os.environ}
-    if cold:
-        with tempfile.TemporaryDirectory(prefix="specviz-cold-") as tmp:
+    dequantise, write, build the kernel), each in a fresh Python process; peak memory of the loaded pair after a short
+    generation. After a cold start the warm start reads the cache it just built, as a user's second start would."""
+    with tempfile.TemporaryDirectory(prefix="specviz-cold-") as tmp:
+        env = {**os.environ}
+        rows = []
+        if cold:
             log("startup: cold start into an empty cache (minutes)")
             # nothing cached: neither the models nor our compiled kernel
-            probe, wall = _child(preset, {**env, "SPECVIZ_CACHE": tmp, "TORCH_EXTENSIONS_DIR": f"{tmp}/kernels"})
-        rows.append(
-            TargetRow(
-                "6 cold start",
-                "seconds to a ready pair, empty cache",
-                wall,
-                "<=",
-                150,
-                f"load_pair {probe['load_s']:.1f} s; cache builds: {_stages(probe.get('builds', {}))}",
+            env.update(SPECVIZ_CACHE=tmp, TORCH_EXTENSIONS_DIR=f"{tmp}/kernels")
+            probe, wall = _child(preset, env)
+            rows.append(
+                TargetRow(
+                    "6 cold start",
+                    "seconds to a ready pair, empty cache",
+                    wall,
+                    "<=",
+                    150,
+                    f"load_pair {probe['load_s']:.1f} s; cache builds: {_stages(probe.get('builds', {}))}",
+                )
             )
-        )
-    log("startup: warm start")
-    probe, wall = _child(preset, env)
+        log("startup: warm start")
+        probe, wall = _child(preset, env)
+    where = "the cache the cold start built" if cold else "cached"
     rows.append(
         TargetRow(
-            "6 warm start", "seconds to a ready pair, cached", wall, "<=", 20, f"load_pair {probe['load_s']:.1f} s"
+            "6 warm start", f"seconds to a ready pair, {where}", wall, "<=", 20, f"load_pair {probe['load_s']:.1f} s"
         )
     )
     rows.append(
