@@ -26,6 +26,7 @@ from specviz.gguf_convert import NotConvertible, convert
 from specviz.kernels import kernel, prebuild
 from specviz.weights import (
     CacheReader,
+    evict,
     fingerprint,
     from_packed,
     packed_dtype,
@@ -298,7 +299,8 @@ def load_pair(
             done = packed_dtype(model)
             if folder is not None and done is not None and not packed_ok(packed_file(folder, done)):
                 progress(0.99, f"caching the {role}'s packed weights (once)")
-                save_packed(model, folder)
+                if save_packed(model, folder) is not None:
+                    evict(sorted(folder.glob("*.safetensors")))  # later starts read the packed file instead
         return model
 
     wanted = {"target": torch.float32, "draft": torch.bfloat16 if use_bf16_draft(dev, dt) else torch.float32}
