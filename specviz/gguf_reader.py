@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from dataclasses import dataclass
@@ -114,7 +115,9 @@ class GGUFFile:
         return dequantize(self.raw(name), t.ggml_type, t.shape)
 
     def close(self) -> None:
-        self._map.close()
+        # a tensor view may still be alive (say, in a traceback): the map then closes when the view goes
+        with contextlib.suppress(BufferError):
+            self._map.close()
 
     # ------------------------------------------------------------ parsing
 
