@@ -12,23 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# ggml tensor types: (elements per block, bytes per block); plain floats are blocks of one
-F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = (
-    0,
-    1,
-    2,
-    3,
-    6,
-    7,
-    8,
-    9,
-    10,
-    11,
-    12,
-    13,
-    14,
-    30,
-)
+# ggml tensor type ids, and BLOCK: (elements per block, bytes per block); plain floats are blocks of one
+F32, F16, BF16 = 0, 1, 30
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 2, 3, 6, 7, 8, 9
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = 10, 11, 12, 13, 14
 BLOCK = {
     F32: (1, 4),
     F16: (1, 2),
