@@ -49,7 +49,7 @@ def weight_names(g: GGUFFile, model: torch.nn.Module) -> dict[str, str]:
     table = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
     names: dict[str, str] = {}
     for hf in model.state_dict():
-        base, dot, suffix = hf.rpartition(".")
+        base, _, suffix = hf.rpartition(".")
         mapped = table.get_name(base)
         if mapped is not None and f"{mapped}.{suffix}" in g.tensors:
             names[f"{mapped}.{suffix}"] = hf

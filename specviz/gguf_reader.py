@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -84,8 +85,8 @@ class GGUFFile:
             if kind not in BLOCK:
                 raise GGUFError(f"{self.path}: tensor {name} has ggml type {kind}, which specviz cannot read")
             per_block, block_bytes = BLOCK[kind]
-            n = int(np.prod(shape))
-            self.tensors[name] = TensorInfo(name, shape, kind, start + offset, n // per_block * block_bytes)
+            nbytes = math.prod(shape) // per_block * block_bytes
+            self.tensors[name] = TensorInfo(name, shape, kind, start + offset, nbytes)
 
     @property
     def architecture(self) -> str:
@@ -153,10 +154,14 @@ def _q8_0(b: torch.Tensor) -> torch.Tensor:
     return b[:, 2:].contiguous().view(torch.int8).float() * _half(b, 0)
 
 
+_BITS = torch.arange(8, dtype=torch.uint8)  # shifts that spread a byte into its 8 bits
+_CRUMBS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).reshape(1, 1, 4, 1)  # ... into its four 2-bit pairs
+
+
 def _q5_0(b: torch.Tensor) -> torch.Tensor:
     d = _half(b, 0)
     # bit j of the little-endian uint32 at bytes 2-5 is the fifth bit of element j
-    high = ((b[:, 2:6, None] >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1, 32)
+    high = ((b[:, 2:6, None] >> _BITS) & 1).reshape(-1, 32)
     low = _nibbles(b[:, 6:], 16)
     q = (low | (high << 4)).to(torch.int8) - 16
     return d * q.float()
@@ -181,8 +186,7 @@ def _q6_k(b: torch.Tensor) -> torch.Tensor:
     scales = b[:, 192:208].contiguous().view(torch.int8).float()
     d = (_half(b, 208) * scales).reshape(n, 16, 1)
     low = _nibbles(ql, 64).reshape(n, 8, 32)
-    high = qh.reshape(n, -1, 1, 32) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8).reshape(1, 1, 4, 1)
-    high = (high & 0x03).reshape(n, -1, 32)
+    high = ((qh.reshape(n, -1, 1, 32) >> _CRUMBS) & 0x03).reshape(n, -1, 32)
     q = (low | (high << 4)).to(torch.int8) - 32
     return (d * q.reshape(n, 16, -1).float()).reshape(n, 256)
 
@@ -195,15 +199,15 @@ _CHUNK_BLOCKS = 1 << 12  # blocks dequantised at a time: small temporaries are r
 def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> torch.Tensor:
     """GGUF tensor bytes -> a float32 tensor of `shape` (torch order). Types without a torch version here go through
     gguf's numpy reference."""
-    data = torch.from_numpy(np.array(raw, copy=True))  # the map is read-only; torch wants writable memory
-    if ggml_type in _FLOAT:
-        return data.view(_FLOAT[ggml_type]).float().reshape(shape)
-    per_block, block_bytes = BLOCK[ggml_type]
-    if ggml_type not in _TORCH:
+    if ggml_type not in _TORCH and ggml_type not in _FLOAT:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize as reference
 
         return torch.from_numpy(reference(raw, GGMLQuantizationType(ggml_type))).reshape(shape)
+    data = torch.from_numpy(np.array(raw, copy=True))  # the map is read-only; torch wants writable memory
+    if ggml_type in _FLOAT:
+        return data.view(_FLOAT[ggml_type]).float().reshape(shape)
+    per_block, block_bytes = BLOCK[ggml_type]
     blocks = data.reshape(-1, block_bytes)
     out = torch.empty(blocks.shape[0], per_block, dtype=torch.float32)
     fn = _TORCH[ggml_type]
