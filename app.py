@@ -7,8 +7,8 @@ import logging
 import os
 from functools import partial
 
-from specviz.config import default_preset, model_presets
-from specviz.models import load_pair
+from specviz.backends.loading import load_pair
+from specviz.core.presets import default_preset, model_presets
 from specviz.ui.app import build_app, launch_kwargs
 from specviz.ui.session import ModelManager
 

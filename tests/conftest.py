@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from specviz.models import LM, CharCodec, perturbed_copy, tiny_model  # noqa: E402
+from specviz.backends.codecs import CharCodec  # noqa: E402
+from specviz.backends.lm import LM  # noqa: E402
+from specviz.backends.tiny import perturbed_copy, tiny_model  # noqa: E402
 
 torch.set_num_threads(2)
 

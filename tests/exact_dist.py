@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from scipy.stats import chisquare
 
-from specviz.config import GenConfig
-from specviz.models import LM
-from specviz.sampling import probs_from_logits
+from specviz.backends.lm import LM
+from specviz.core.config import GenConfig
+from specviz.core.sampling import probs_from_logits
 
 
 def exact_two_token_probs(target: LM, prompt: list[int], cfg: GenConfig) -> dict[tuple[int, int], float]:

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import pytest
 from test_render import step, summary, tok
 
-from specviz.metrics import position_stats
+from specviz.core.metrics import position_stats
 from specviz.ui import charts
 
 

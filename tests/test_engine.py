@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from specviz.config import ConfigError, GenConfig
-from specviz.engine import run
-from specviz.events import StepEvent, trace_from_json, trace_to_json
-from specviz.metrics import expected_speedup, expected_tokens_per_step
-from specviz.models import LM, perturbed_copy
+from specviz.backends.lm import LM
+from specviz.backends.tiny import perturbed_copy
+from specviz.core.config import ConfigError, GenConfig
+from specviz.core.engine import run
+from specviz.core.events import StepEvent, trace_from_json, trace_to_json
+from specviz.core.theory import expected_speedup, expected_tokens_per_step
 from specviz.proposers import DraftModelProposer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,7 +227,7 @@ def test_events_are_stdlib_only():
 
 
 def test_why_sentence_points_away_from_a_costly_draft():
-    from specviz.metrics import why_sentence
+    from specviz.core.theory import why_sentence
 
     costly = why_sentence(0.8, 0.6, 4, 0.95)
     assert "measured 0.95x (slower than plain)" in costly and "prompt lookup, layer skip or helper heads" in costly

@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specviz.config import GenConfig
-from specviz.engine import run
-from specviz.fastpath import BF16_MAX_ROWS, DraftLinear, draft_fast_path
-from specviz.kernels import PackedLinear, kernel
-from specviz.models import LM, CharCodec, perturbed_copy, tiny_model
+from specviz.backends.codecs import CharCodec
+from specviz.backends.fastpath import BF16_MAX_ROWS, DraftLinear, draft_fast_path
+from specviz.backends.kernels import PackedLinear, kernel
+from specviz.backends.lm import LM
+from specviz.backends.tiny import perturbed_copy, tiny_model
+from specviz.core.config import GenConfig
+from specviz.core.engine import run
 from specviz.proposers import DraftModelProposer
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (any x86 torch)")

@@ -13,7 +13,7 @@ from gguf.quants import dequantize as reference
 from gguf.quants import quantize
 
 from specviz import gguf_reader
-from specviz.gguf_reader import BLOCK, GGUFError, GGUFFile, dequantize
+from specviz.backends.gguf_reader import BLOCK, GGUFError, GGUFFile, dequantize
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q5_0", "Q4_K", "Q6_K", "Q4_0", "F16", "BF16"])
@@ -74,7 +74,7 @@ def test_reader_names_a_file_that_is_not_gguf(tmp_path: Path):
 @pytest.fixture(scope="module")
 def draft_gguf(tmp_path_factory) -> Path:
     """The embedded draft (0.5B) assembled from its packages."""
-    from specviz.embedded import assemble, embedded_model
+    from specviz.backends.embedded import assemble, embedded_model
 
     folder = tmp_path_factory.mktemp("draft")
     return assemble(embedded_model("qwen2.5-coder-0.5b-instruct-q4_k_m"), folder / "model.gguf")
@@ -85,7 +85,7 @@ def test_converter_equals_transformers_gguf_loader_on_the_embedded_draft(draft_g
     it on our CPU: that loader is what the converter replaces)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specviz.gguf_convert import convert
+    from specviz.backends.gguf_convert import convert
 
     ours, tok, times = convert(draft_gguf, lambda f, m: None)
     assert set(times) == {"metadata_s", "tokenizer_s", "dequantise_s", "build_s"}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from specviz.bench.suite import aggregate, bench_rows
+from specviz.bench.tables import format_table
 
-from specviz.cli import aggregate, bench_rows, format_table
-from specviz.config import GenConfig
-from specviz.engine import run
-from specviz.models import load_pair
+from specviz.backends.loading import load_pair
+from specviz.core.config import GenConfig
+from specviz.core.engine import run
 from specviz.proposers import build_proposer
 
 pytestmark = pytest.mark.slow

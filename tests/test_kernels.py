@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specviz.config import GenConfig
-from specviz.engine import run
-from specviz.fastpath import target_fast_path
-from specviz.kernels import PackedEmbedding, PackedLinear, kernel, swap_linears, unpack_rows
-from specviz.models import LM, CharCodec, tiny_config, tiny_model
+from specviz.backends.codecs import CharCodec
+from specviz.backends.fastpath import target_fast_path
+from specviz.backends.kernels import PackedEmbedding, PackedLinear, kernel, swap_linears, unpack_rows
+from specviz.backends.lm import LM
+from specviz.backends.tiny import tiny_config, tiny_model
+from specviz.core.config import GenConfig
+from specviz.core.engine import run
 from specviz.proposers import NgramProposer
 
 OPS, WHY = kernel()
@@ -144,7 +146,7 @@ def test_packed_weights_saved_once_load_as_they_were(tmp_path, monkeypatch, wide
     and bf16 (draft) weights alike; packed weights that cannot be used fall back to the float32 cache; a corrupted
     file is not trusted."""
     from specviz import models, weights
-    from specviz.fastpath import draft_fast_path
+    from specviz.backends.fastpath import draft_fast_path
 
     codec = CharCodec()
     model = tiny_model(codec.vocab_size, seed=3, init=0.2)

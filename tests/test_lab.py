@@ -13,17 +13,17 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from specviz import verify
-from specviz.cli import main
-from specviz.config import ConfigError, GenConfig
-from specviz.engine import run
-from specviz.events import trace_from_json, trace_to_json
-from specviz.lab import planner, relaxed, replay
+from specviz.cli.main import main
+from specviz.core import relaxed, verify
+from specviz.core.config import ConfigError, GenConfig
+from specviz.core.engine import run
+from specviz.core.events import trace_from_json, trace_to_json
+from specviz.core.sampling import Sampler, tv_distance
+from specviz.core.theory import expected_speedup
+from specviz.lab import planner, replay
 from specviz.lab import playground as pgm
 from specviz.lab.tradeoff import relaxed_sweep
-from specviz.metrics import expected_speedup
 from specviz.proposers import AdaptiveGamma, DraftModelProposer
-from specviz.sampling import Sampler, tv_distance
 
 ALPHA = 1e-3  # a correct rule fails a chi-square test at this rate
 N_REPLAY = 40  # tokens of the recorded run the replay tests use

@@ -10,11 +10,11 @@ import torch
 from exact_dist import exact_two_token_probs
 from scipy.stats import chisquare
 
-from specviz import verify
-from specviz.config import GenConfig
-from specviz.engine import run
+from specviz.core import verify
+from specviz.core.config import GenConfig
+from specviz.core.engine import run
+from specviz.core.sampling import Sampler
 from specviz.proposers import DraftModelProposer
-from specviz.sampling import Sampler
 
 ALPHA = 1e-3  # a correct rule fails a test at this rate; a broken one fails with p-values near 0
 

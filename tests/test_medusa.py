@@ -11,15 +11,17 @@ import pytest
 import torch
 from exact_dist import exact_two_token_probs, two_token_pvalue
 
-from specviz.config import ConfigError, GenConfig
-from specviz.engine import run
-from specviz.kernels import kernel, swap_linears
+from specviz.backends.kernels import kernel, swap_linears
+from specviz.backends.lm import LM
+from specviz.backends.loading import ModelPair, load_pair
+from specviz.backends.tiny import tiny_model
+from specviz.core.config import ConfigError, GenConfig
+from specviz.core.engine import run
 from specviz.medusa import heads_for, lm_head_rows, lm_head_weight
 from specviz.medusa.data import self_distill
 from specviz.medusa.heads import MedusaHeads, load_heads, sha256_of
 from specviz.medusa.heads import random_heads as make_random_heads
 from specviz.medusa.train import train_heads
-from specviz.models import LM, ModelPair, load_pair, tiny_model
 from specviz.proposers import MedusaProposer, build_proposer
 
 ALPHA = 1e-3

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from specviz import embedded, models, weights
-from specviz.config import ConfigError, model_preset, model_presets
-from specviz.embedded import EmbeddedModel
-from specviz.models import CharCodec, load_pair
+from specviz.backends.codecs import CharCodec
+from specviz.backends.embedded import EmbeddedModel
+from specviz.backends.loading import load_pair
+from specviz.core.config import ConfigError
+from specviz.core.presets import model_preset, model_presets
 
 
 def _fake_model(tmp_path: Path, chunks: list[bytes], sha: str | None = None) -> tuple[EmbeddedModel, list[Path]]:

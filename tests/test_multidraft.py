@@ -12,14 +12,15 @@ import torch
 from exact_dist import exact_two_token_probs, two_token_pvalue
 from scipy.stats import chisquare
 
-from specviz import verify
-from specviz.config import ConfigError, GenConfig
-from specviz.engine import run
-from specviz.events import trace_from_json, trace_to_json
+from specviz.backends.lm import LM
+from specviz.backends.tiny import perturbed_copy
+from specviz.core import verify
+from specviz.core.config import ConfigError, GenConfig
+from specviz.core.engine import run
+from specviz.core.events import trace_from_json, trace_to_json
+from specviz.core.sampling import Sampler
 from specviz.lab.batch import batch_sweep
-from specviz.models import LM, perturbed_copy
 from specviz.proposers import STRATEGIES, DraftModelProposer, MultiDraftProposer, build_proposer
-from specviz.sampling import Sampler
 
 ALPHA = 1e-3  # a correct rule fails a test at this rate; a biased one fails with p-values near 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from specviz.events import RunSummary, StepEvent, TokenEvent
+from specviz.core.events import RunSummary, StepEvent, TokenEvent
 from specviz.ui import render
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from specviz.config import ConfigError
-from specviz.engine import run
+from specviz.core.config import ConfigError
+from specviz.core.engine import run
 from specviz.proposers import build_proposer
 from specviz.ui.session import ModelManager, StepSession, Visitors, make_request, stream_run
 
@@ -67,7 +67,7 @@ def test_a_model_that_fails_to_load_reports_and_the_manager_survives():
 
 
 def test_a_run_pressed_before_the_models_are_ready_waits():
-    from specviz.models import load_pair
+    from specviz.backends.loading import load_pair
 
     def slow(preset, progress=None):
         for i in range(4):

@@ -10,13 +10,16 @@ import types
 import pytest
 import torch
 
-from specviz.config import PRESETS_DIR, GenConfig, model_preset
-from specviz.engine import run
+from specviz.backends.codecs import ByteCodec
+from specviz.backends.lm import LM
+from specviz.backends.static_lm import StaticLM, unsupported
+from specviz.backends.tiny import perturbed_copy, tiny_model
+from specviz.core.config import GenConfig
+from specviz.core.engine import run
+from specviz.core.presets import PRESETS_DIR, model_preset
 from specviz.medusa import lm_head_weight
 from specviz.medusa.heads import random_heads
-from specviz.models import LM, ByteCodec, perturbed_copy, tiny_model
 from specviz.proposers import STRATEGIES, build_proposer
-from specviz.static_lm import StaticLM, unsupported
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -137,8 +140,8 @@ def test_shapes_preset_has_the_embedded_pairs_shapes():
 def test_gpu_bench_runs_its_sections_on_a_cpu():
     """bench --targets gpu's code paths (no timing asserted: on a CPU its numbers mean nothing), so a session lent a
     GPU does not spend its minutes on a broken script: every section runs and every strategy's output is plain's."""
-    from specviz.gpu_bench import gpu_report
-    from specviz.targets import check_gpu, format_gpu_details
+    from specviz.bench.gpu import gpu_report
+    from specviz.bench.targets import check_gpu, format_gpu_details
 
     wanted = ("plain", "hf_dynamic", "passes", "strategies", "overhead", "graphs_only", "unpadded", "hf_static")
     rep = gpu_report(12, prompt_len=20, reps=1, log=lambda m: None, preset="tiny-random", device="cpu", sections=wanted)

@@ -11,19 +11,22 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from specviz.config import MAX_GAMMA, ConfigError, GenConfig, prompt_suites
-from specviz.engine import run
+from specviz.backends.lm import LM
+from specviz.backends.surgery import layer_view
+from specviz.backends.tiny import tiny_model
+from specviz.core.config import MAX_GAMMA, ConfigError, GenConfig
+from specviz.core.engine import run
+from specviz.core.presets import prompt_suites
+from specviz.core.proposal import Outcome, Proposal
+from specviz.core.sampling import Sampler
 from specviz.medusa import lm_head_weight
 from specviz.medusa.heads import random_heads
-from specviz.models import LM, tiny_model
 from specviz.proposers import STRATEGIES, AdaptiveGamma, build_proposer, find_candidates, search_skip_layers
 from specviz.proposers.adaptive import next_gamma
-from specviz.proposers.base import Outcome, Proposal
 from specviz.proposers.jacobi import JacobiProposer
-from specviz.proposers.layer_skip import default_skip, kept_layers, layer_view
+from specviz.proposers.layer_skip import default_skip, kept_layers
 from specviz.proposers.ngram import find_match, match_extent
 from specviz.proposers.random_guess import RandomProposer
-from specviz.sampling import Sampler
 
 ALPHA = 1e-3
 GREEDY = Sampler("greedy", 1.0, 0, 1.0, 0)

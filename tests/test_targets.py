@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from specviz import targets as tg
-from specviz.config import GenConfig
-from specviz.models import load_pair
+from specviz.backends.loading import load_pair
+from specviz.bench import targets as tg
+from specviz.core.config import GenConfig
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_a_row_holds_only_within_its_bound_and_with_identical_output():
 
 
 def test_all_targets_are_those_this_machine_can_measure(monkeypatch):
-    from specviz import targets
+    from specviz.bench import targets
 
     monkeypatch.setattr(targets.torch.cuda, "is_available", lambda: False)
     assert targets.chosen("all") == ["baseline", "overhead", "assisted", "speedups", "startup"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from specviz.config import GenConfig
-from specviz.engine import run
+from specviz.core.config import GenConfig
+from specviz.core.engine import run
 from specviz.proposers import build_proposer
 
 MS = (1, 2, 4, 8)

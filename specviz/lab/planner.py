@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from specviz.config import GenConfig
-from specviz.engine import run
-from specviz.metrics import expected_speedup, expected_tokens_per_step, with_plain
+from specviz.core.config import GenConfig
+from specviz.core.engine import run
+from specviz.core.metrics import with_plain
+from specviz.core.theory import expected_speedup, expected_tokens_per_step
 from specviz.proposers import build_proposer
 
 Progress = Callable[[str, float | None], None]

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from specviz.config import ConfigError
-from specviz.lab import relaxed
-from specviz.sampling import tv_distance
+from specviz.core import relaxed
+from specviz.core.config import ConfigError
+from specviz.core.sampling import tv_distance
 
 MIN_TOKENS, MAX_TOKENS = 5, 10
 MAX_DRAWS = 200_000

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from specviz.core.sampling import at_least_fp32, probs_from_logits
 from specviz.lab.planner import Costs
 from specviz.proposers.adaptive import GROW, SHRINK
-from specviz.sampling import at_least_fp32, probs_from_logits
 
 SCHEDULES = ("constant", "best constant", "adaptive", "confidence", "oracle")
 

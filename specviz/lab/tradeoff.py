@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from specviz.config import GenConfig
-from specviz.engine import run
-from specviz.events import RunSummary, StepEvent
-from specviz.lab.relaxed import FAMILIES
+from specviz.core.config import GenConfig
+from specviz.core.engine import run
+from specviz.core.events import RunSummary, StepEvent
+from specviz.core.relaxed import FAMILIES
 from specviz.proposers import build_proposer
 
 Progress = Callable[[str, float | None], None]

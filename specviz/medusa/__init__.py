@@ -9,11 +9,10 @@ from typing import Any
 
 import torch
 
-from specviz.config import ConfigError
-from specviz.kernels import PackedLinear, unpack_rows
+from specviz.backends.kernels import PackedLinear, unpack_rows
+from specviz.core.config import ConfigError
+from specviz.core.presets import PACKAGE_DIR
 from specviz.medusa.heads import MedusaHeads, load_heads
-
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
@@ -39,10 +38,10 @@ def heads_for(pair: Any) -> MedusaHeads:
     if not spec or not spec.get("file"):
         raise ConfigError(
             f"preset {pair.preset!r} has no trained helper heads: train them with "
-            f"`python -m specviz train-heads --preset {pair.preset}` and add the file to presets/models.yaml"
+            f"`python -m specviz train-heads --preset {pair.preset}` and add the file to specviz/presets/models.yaml"
         )
     path = Path(spec["file"])
-    path = path if path.is_absolute() else ROOT / path
+    path = path if path.is_absolute() else PACKAGE_DIR / path  # relative to the specviz package
     cfg = pair.target.model.config
     heads = load_heads(path, cfg.hidden_size, cfg.vocab_size, pair.codec.vocab_key(), spec.get("sha256"))
     pair.heads = heads.bind(lm_head_rows(pair.target.model)).to(pair.target.device)

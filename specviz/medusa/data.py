@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from specviz.config import PRESETS_DIR, ConfigError
+from specviz.core.config import ConfigError
+from specviz.core.presets import PRESETS_DIR
 
 Log = Callable[[str], None]
 TRAIN_PROMPTS = PRESETS_DIR / "train_prompts.yaml"

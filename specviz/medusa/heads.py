@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from specviz.config import ConfigError
+from specviz.core.config import ConfigError
 
 FORMAT = 1
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from specviz.config import ConfigError
+from specviz.core.config import ConfigError
 from specviz.medusa.data import Distilled
 from specviz.medusa.heads import MedusaHeads
 

@@ -44,12 +44,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from specviz.config import MAX_GAMMA, ConfigError, GenConfig
+from specviz.backends.surgery import decoder_layers
+from specviz.core.config import MAX_GAMMA, ConfigError, GenConfig
+from specviz.core.proposal import NoProposer, Outcome, Proposal, Proposer
 from specviz.proposers.adaptive import AdaptiveGamma
-from specviz.proposers.base import NoProposer, Outcome, Proposal, Proposer
 from specviz.proposers.draft_model import DraftModelProposer
 from specviz.proposers.jacobi import JacobiProposer
-from specviz.proposers.layer_skip import LayerSkipProposer, decoder_layers, kept_layers, search_skip_layers
+from specviz.proposers.layer_skip import LayerSkipProposer, kept_layers, search_skip_layers
 from specviz.proposers.medusa import MedusaProposer
 from specviz.proposers.multi_draft import MultiDraftProposer
 from specviz.proposers.ngram import SURE as NGRAM_SURE

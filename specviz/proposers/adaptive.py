@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from specviz.proposers.base import Outcome, Proposal, Proposer
-from specviz.sampling import Sampler
+from specviz.core.proposal import Outcome, Proposal, Proposer
+from specviz.core.sampling import Sampler
 
 GROW, SHRINK = 2, 1
 

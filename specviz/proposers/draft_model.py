@@ -6,16 +6,16 @@ from collections.abc import Sequence
 
 import torch
 
-from specviz.models import LM
-from specviz.proposers.base import Proposal, Proposer, common_prefix_len
-from specviz.sampling import Sampler, at_least_fp32
+from specviz.core.model import LanguageModel
+from specviz.core.proposal import Proposal, Proposer, common_prefix_len
+from specviz.core.sampling import Sampler, at_least_fp32
 
 
 class DraftModelProposer(Proposer):
     name = "draft"
     uses_model = True
 
-    def __init__(self, draft: LM, gamma: int = 4, confidence: float = 0.0) -> None:
+    def __init__(self, draft: LanguageModel, gamma: int = 4, confidence: float = 0.0) -> None:
         super().__init__(gamma)
         self.lm = draft
         self.confidence = confidence  # stop drafting after a token whose draft top probability is below this (0 = off)

@@ -11,24 +11,17 @@ DynamicCache has one slot per kept layer) and whose config says how many there a
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from specviz.config import ConfigError
-from specviz.models import LM
+from specviz.backends.surgery import decoder_layers, layer_view, relative_cost
+from specviz.core.config import ConfigError
+from specviz.core.model import LanguageModel
+from specviz.core.sampling import tv_distance
+from specviz.core.theory import expected_speedup
 from specviz.proposers.draft_model import DraftModelProposer
-from specviz.sampling import tv_distance
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder layer list of a transformers causal LM (model.model.layers)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ConfigError(f"layer skip needs a decoder with model.model.layers; {type(model).__name__} has none")
-    return layers
 
 
 def kept_layers(n_layers: int, exit_layer: int | None = None, skip: Sequence[int] = ()) -> list[int]:
@@ -44,54 +37,6 @@ def default_skip(n_layers: int) -> list[int]:
     """Every other layer of the second half, never the last (about a quarter of the depth); a rule of thumb, since
     deeper layers tend to be the most redundant (Gromov et al. 2024). Two or three layers: skip the one before last."""
     return list(range(n_layers // 2, n_layers - 1, 2)) or ([n_layers - 2] if n_layers >= 2 else [])
-
-
-def _shallow(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy sharing parameters, buffers and children, with its own child table (so children can be swapped)."""
-    c = copy.copy(module)
-    c.__dict__["_modules"] = dict(module._modules)
-    return c
-
-
-def layer_view(model: torch.nn.Module, kept: Sequence[int]) -> torch.nn.Module:
-    """The model running only layers `kept` (in order), sharing all weights; its config has len(kept) layers."""
-    layers = decoder_layers(model)
-    cfg = copy.deepcopy(model.config)
-    cfg.num_hidden_layers = len(kept)
-    if getattr(cfg, "layer_types", None) is not None:
-        cfg.layer_types = [cfg.layer_types[i] for i in kept]
-    view_layers = []
-    for new_idx, i in enumerate(kept):
-        layer = _shallow(layers[i])
-        attn = copy.copy(layer.self_attn)
-        attn.layer_idx = new_idx  # the cache slot this layer writes: slots must follow the kept layers 0..k-1
-        layer._modules["self_attn"] = attn
-        view_layers.append(layer)
-    inner = _shallow(model.model)
-    inner._modules["layers"] = torch.nn.ModuleList(view_layers)
-    inner.config = cfg
-    outer = _shallow(model)
-    outer._modules["model"] = inner
-    outer.config = cfg
-    return outer
-
-
-def relative_cost(model: torch.nn.Module, kept: Sequence[int]) -> float:
-    """Cost of a draft pass over a target pass, by weights read: (kept layers + LM head) / (all layers + LM head)."""
-    sizes = [_weights(layer) for layer in decoder_layers(model)]
-    head = _weights(model.get_output_embeddings())
-    return (sum(sizes[i] for i in kept) + head) / (sum(sizes) + head)
-
-
-def _weights(module: torch.nn.Module) -> int:
-    """Parameters and buffers (oneDNN's fast path turns Linear weights into buffers)."""
-    return sum(t.numel() for t in module.parameters()) + sum(t.numel() for t in module.buffers())
-
-
-def expected_speedup(alpha: float, gamma: int, cost: float) -> float:
-    """Leviathan et al. 2023: E[tokens per step] (1 - alpha^(gamma+1)) / (1 - alpha) over cost per step gamma*c + 1."""
-    tokens = gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
-    return tokens / (gamma * cost + 1)
 
 
 @dataclass
@@ -157,7 +102,7 @@ class LayerSkipProposer(DraftModelProposer):
 
     name = "layerskip"
 
-    def __init__(self, target: LM, kept: Sequence[int] | None = None, gamma: int = 4, auto: bool = False) -> None:
+    def __init__(self, target: LanguageModel, kept: Sequence[int] | None = None, gamma: int = 4, auto: bool = False) -> None:
         self.model = target.model
         self.n_layers = len(decoder_layers(self.model))
         self.kept = list(kept) if kept is not None else kept_layers(self.n_layers, None, default_skip(self.n_layers))

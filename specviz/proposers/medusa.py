@@ -11,17 +11,17 @@ from collections.abc import Sequence
 
 import torch
 
+from specviz.core.model import LanguageModel
+from specviz.core.proposal import Outcome, Proposal, Proposer
+from specviz.core.sampling import Sampler
 from specviz.medusa.heads import MedusaHeads
-from specviz.models import LM
-from specviz.proposers.base import Outcome, Proposal, Proposer
-from specviz.sampling import Sampler
 
 
 class MedusaProposer(Proposer):
     name = "medusa"
     wants_hidden = True
 
-    def __init__(self, target: LM, heads: MedusaHeads, gamma: int = 4, confidence: float = 0.0) -> None:
+    def __init__(self, target: LanguageModel, heads: MedusaHeads, gamma: int = 4, confidence: float = 0.0) -> None:
         super().__init__(min(gamma, heads.count))
         self.target, self.heads = target, heads
         # keep guesses while the product of the heads' top probabilities (a guess of the chance that every guess so

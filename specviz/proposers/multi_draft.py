@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from specviz.models import LM
-from specviz.proposers.base import Proposal, Proposer, common_prefix_len
-from specviz.sampling import Sampler, at_least_fp32, sample
+from specviz.core.model import LanguageModel
+from specviz.core.proposal import Proposal, Proposer, common_prefix_len
+from specviz.core.sampling import Sampler, at_least_fp32, sample
 
 
 class MultiDraftProposer(Proposer):
@@ -19,7 +19,7 @@ class MultiDraftProposer(Proposer):
     name = "multidraft"
     uses_model = True
 
-    def __init__(self, draft: LM, gamma: int = 4, drafts: int = 4) -> None:
+    def __init__(self, draft: LanguageModel, gamma: int = 4, drafts: int = 4) -> None:
         super().__init__(gamma)
         self.lm = draft
         self.drafts = drafts

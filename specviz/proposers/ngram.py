@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from specviz.proposers.base import Proposal, Proposer
-from specviz.sampling import Sampler
+from specviz.core.proposal import Proposal, Proposer
+from specviz.core.sampling import Sampler
 
 SURE = 4  # default: tokens of agreement before a match drafts the full gamma
 

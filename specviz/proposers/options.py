@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from specviz.config import ConfigError
+from specviz.core.config import ConfigError
 
 
 def opt_int(opts: Mapping[str, Any], key: str, default: int, lo: int, hi: int, strategy: str) -> int:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from specviz.proposers.base import Proposal, Proposer
-from specviz.sampling import Sampler
+from specviz.core.proposal import Proposal, Proposer
+from specviz.core.sampling import Sampler
 
 
 class RandomProposer(Proposer):

@@ -17,9 +17,10 @@ import gradio as gr
 import pandas as pd
 from gradio.components.plot import PlotData
 
-from specviz.config import MAX_GAMMA, ConfigError, model_presets, prompt_suites
-from specviz.events import trace_to_json
-from specviz.metrics import summarize
+from specviz.core.config import MAX_GAMMA, ConfigError
+from specviz.core.events import trace_to_json
+from specviz.core.metrics import summarize
+from specviz.core.presets import ASSETS_DIR, model_presets, prompt_suites
 from specviz.proposers import STRATEGIES
 from specviz.ui import charts, render
 from specviz.ui.session import (
@@ -33,7 +34,6 @@ from specviz.ui.session import (
     stream_run,
 )
 
-ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 MAX_NEW_TOKENS_UI = 2000  # the tiny models hold 2048 positions; larger presets accept more via the CLI
 RULE_CHOICES = [("greedy", "greedy"), ("speculative sampling", "sample")]
 MODEL_CONCURRENCY = "models"  # every event that uses the shared models queues under this id, one at a time
@@ -600,6 +600,6 @@ TOOLTIP_JS = """
 
 def launch_kwargs() -> dict[str, Any]:
     """Theme, stylesheet and the tooltip script (Gradio 6 takes these in launch())."""
-    css = (ASSETS / "style.css").read_text(encoding="utf-8") if (ASSETS / "style.css").exists() else ""
+    css = (ASSETS_DIR / "style.css").read_text(encoding="utf-8")
     theme = gr.themes.Soft(primary_hue="blue", neutral_hue="slate")
     return {"theme": theme, "css": css, "js": TOOLTIP_JS}

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from specviz.events import RunSummary, StepEvent
-from specviz.metrics import position_stats
-from specviz.ui.render import per_token_alpha, theory_numbers
+from specviz.core.events import RunSummary, StepEvent
+from specviz.core.metrics import position_stats
+from specviz.core.theory import per_token_alpha, theory_numbers
 
 Figure = dict[str, Any]
 

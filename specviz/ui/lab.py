@@ -15,11 +15,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from specviz.config import ConfigError, GenConfig, check_prompt
-from specviz.events import trace_from_json
+from specviz.core.config import ConfigError, GenConfig, check_prompt
+from specviz.core.events import trace_from_json
+from specviz.core.relaxed import FAMILIES
 from specviz.lab import planner, replay
 from specviz.lab import playground as pgm
-from specviz.lab.relaxed import FAMILIES
 from specviz.lab.tradeoff import relaxed_sweep
 from specviz.ui import lab_charts, render
 from specviz.ui.app import MODEL_CONCURRENCY, _guarded, _plot, example_prompts

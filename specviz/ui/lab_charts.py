@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from specviz.metrics import expected_speedup
+from specviz.core.theory import expected_speedup
 from specviz.ui.charts import COLORS, Figure, _axis, _panels, empty_figure, figure
 
 FAMILY_STYLE = {  # colour and marker: two cues per family

@@ -10,8 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from specviz.events import RunSummary, StepEvent, TokenEvent
-from specviz.metrics import expected_speedup, expected_tokens_per_step, position_stats, why_sentence
+from specviz.core.events import RunSummary, StepEvent, TokenEvent
+from specviz.core.metrics import position_stats
+from specviz.core.theory import theory_numbers, why
 
 
 @dataclass(frozen=True)
@@ -174,13 +175,6 @@ def render_error(message: str) -> str:
 # ---------------------------------------------------------------- numbers: KPIs, theory
 
 
-def per_token_alpha(s: RunSummary) -> float:
-    """alpha, the chance a reached draft token is accepted: accepted / (accepted + rejected). Drafts after a rejection
-    were never checked, so accepted / drafted (the acceptance rate) would understate it."""
-    reached = s.accepted + s.rejections
-    return s.accepted / reached if reached else 0.0
-
-
 def _fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if x is None else f"{x:{spec}}{suffix}"
 
@@ -205,26 +199,6 @@ def render_kpis(spec: RunSummary | None, plain: RunSummary | None, phase: str = 
         for k, v, label in kpis
     )
     return f'<div class="sv-kpis">{cells}</div>'
-
-
-def theory_numbers(s: RunSummary) -> dict[str, float | None]:
-    """Measured next to predicted: tokens per step, speedup (Leviathan et al. 2023) and rejections (Yin et al. 2024)."""
-    alpha, c = per_token_alpha(s), s.cost_ratio
-    return {
-        "alpha": alpha,
-        "c": c,
-        "gamma": float(s.gamma),
-        "tokens_per_step": s.tokens_per_step,
-        "expected_tokens_per_step": expected_tokens_per_step(alpha, s.gamma) if s.drafted else None,
-        "speedup": s.speedup,
-        "expected_speedup": expected_speedup(alpha, s.gamma, c) if c is not None else None,
-        "rejections": float(s.rejections),
-        "expected_rejections": s.tv_sum,
-    }
-
-
-def why(s: RunSummary) -> str:
-    return why_sentence(per_token_alpha(s), s.cost_ratio, s.gamma, s.speedup)
 
 
 def render_theory(s: RunSummary | None) -> str:

@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from specviz.config import ConfigError, GenConfig, check_prompt, model_presets
-from specviz.engine import SpecRun, run
-from specviz.events import RunSummary, StepEvent
-from specviz.metrics import with_plain
-from specviz.models import ModelPair, load_pair
+from specviz.backends.loading import ModelPair, load_pair
+from specviz.core.config import ConfigError, GenConfig, check_prompt
+from specviz.core.engine import SpecRun, run
+from specviz.core.events import RunSummary, StepEvent
+from specviz.core.metrics import with_plain
+from specviz.core.presets import model_presets
 from specviz.proposers import STRATEGIES, build_proposer
 
 log = logging.getLogger("specviz.ui")

@@ -1,19 +1,15 @@
-"""Generation settings with validation that names the problem, and loading of model presets and prompt suites from presets/."""
+"""Generation settings (GenConfig) with validation that names the problem, and the error type the user can fix."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 MAX_GAMMA = 32
 MAX_NEW_TOKENS = 4096
 RULES = ("greedy", "sample")
-# relaxed acceptance families (specviz/lab/relaxed.py): each verifies against a mix of target p and draft q
+# relaxed acceptance families (specviz/core/relaxed.py): each verifies against a mix of target p and draft q
 RELAX_FAMILIES = ("linear", "power", "geometric")
 
 
@@ -90,50 +86,29 @@ def check_prompt(prompt: str | None) -> str:
     return str(prompt)
 
 
-def _load_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"preset file not found: {path}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"preset file {path.name} is not valid YAML: {e}") from e
-
-
-def model_presets(path: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Model pairs by name, from presets/models.yaml (in file order; the first is the default)."""
-    data = _load_yaml(path or PRESETS_DIR / "models.yaml")
-    if not isinstance(data, dict) or not data:
-        raise ConfigError("presets/models.yaml must map preset names to model pairs")
-    return data
-
-
-def model_preset(name: str, path: Path | None = None) -> dict[str, Any]:
-    presets = model_presets(path)
-    if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
-    return presets[name]
-
-
-def default_preset() -> str:
-    return next(iter(model_presets()))
-
-
-def prompt_suites(path: Path | None = None) -> dict[str, list[dict[str, str]]]:
-    """Prompt suites by category: each a list of {name, prompt} from presets/prompts.yaml."""
-    data = _load_yaml(path or PRESETS_DIR / "prompts.yaml")
-    suites = data.get("suites") if isinstance(data, dict) else None
-    if not isinstance(suites, dict):
-        raise ConfigError("presets/prompts.yaml must have a 'suites' mapping")
-    return suites
-
-
-def suite_prompts(names: str) -> list[tuple[str, str, str]]:
-    """(suite, name, prompt) for a comma-separated list of suites, or 'all'."""
-    suites = prompt_suites()
-    wanted = list(suites) if names in ("all", "", None) else [s.strip() for s in names.split(",")]
+def parse_numbers(text: str | None, name: str, kind: type = float, lo: float = -math.inf, hi: float = math.inf) -> list:
+    """'1, 2, 4' (commas, semicolons or spaces) -> the sorted distinct numbers; ConfigError names the field and the
+    problem (empty, not a number, out of lo..hi)."""
+    parts = [x for x in str(text or "").replace(";", ",").replace(" ", ",").split(",") if x]
+    if not parts:
+        raise ConfigError(f"{name} is empty: give comma-separated numbers")
     out = []
-    for s in wanted:
-        if s not in suites:
-            raise ConfigError(f"unknown prompt suite {s!r}; known suites: {', '.join(suites)}, all")
-        out += [(s, p["name"], p["prompt"]) for p in suites[s]]
-    return out
+    for x in parts:
+        try:
+            v = kind(float(x)) if kind is int and float(x).is_integer() else kind(x)
+        except ValueError:
+            raise ConfigError(f"{name}: {x!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if not lo <= v <= hi:
+            raise ConfigError(f"{name}: {x} is outside {lo:g}..{hi:g}")
+        out.append(v)
+    return sorted(set(out))
+
+
+def whole(name: str, v: Any) -> Any:
+    """A number field's value as an int when it is whole (UI numbers arrive as floats); anything else is returned
+    for GenConfig.validated() to name; an empty field is a ConfigError."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if v is None:
+        raise ConfigError(f"{name} is empty: enter a number")
+    return v

@@ -19,7 +19,7 @@ LAYERS = {
 def main(argv: list[str] | None = None) -> None:
     from torch.utils.mkldnn import MkldnnLinear
 
-    from specviz.kernels import PackedLinear, kernel
+    from specviz.backends.kernels import PackedLinear, kernel
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", choices=sorted(LAYERS), default="1.5b")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specviz.sampling import Sampler
+from specviz.core.sampling import Sampler
 
 
 @dataclass

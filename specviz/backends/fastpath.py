@@ -34,7 +34,7 @@ def target_fast_path(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     """The target's linear layers on CPU float32: our kernel when it builds (it streams the weights once for all rows,
     so a 5-token verification costs little more than a 1-token pass; it holds only the packed weights), else oneDNN.
     -> (model, what was used)"""
-    from specviz.kernels import kernel, swap_linears
+    from specviz.backends.kernels import kernel, swap_linears
 
     ops, why = kernel()
     if ops is not None:
@@ -78,7 +78,7 @@ def draft_fast_path(model: torch.nn.Module, min_params: int = MIN_PARAMS) -> tup
     stream, a quarter of the float32 + bf16 memory); else a DraftLinear each (bf16 for few rows, oneDNN float32 for
     more; the LM head keeps no float32 copy: the draft asks it for one row at a time). Drafts under min_params are
     treated as a target (float32): bf16 saves nothing where a pass is overhead-bound. -> (model, what was used)"""
-    from specviz.kernels import kernel, swap_linears
+    from specviz.backends.kernels import kernel, swap_linears
 
     if sum(p.numel() for p in model.parameters()) < min_params:
         return target_fast_path(model)

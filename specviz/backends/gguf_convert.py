@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from specviz.gguf_reader import GGUFFile
+from specviz.backends.gguf_reader import GGUFFile
 
 # architectures whose GGUF tensors are transformers' weights renamed, with no permutation or split, and whose config
 # needs nothing beyond transformers' key mapping; others go through transformers' own loader

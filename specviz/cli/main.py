@@ -15,13 +15,14 @@ from typing import Any, TextIO
 
 import torch
 
-from specviz.config import RELAX_FAMILIES, ConfigError, GenConfig, check_prompt, default_preset, suite_prompts
-from specviz.engine import run
-from specviz.events import RunSummary, StepEvent
-from specviz.lab import cli as lab_cli
-from specviz.medusa import cli as medusa_cli
-from specviz.metrics import first_divergence, position_stats, with_plain
-from specviz.models import ModelPair, load_pair
+from specviz.backends.loading import ModelPair, load_pair
+from specviz.cli import lab as lab_cli
+from specviz.cli import train_heads as medusa_cli
+from specviz.core.config import RELAX_FAMILIES, ConfigError, GenConfig, check_prompt
+from specviz.core.engine import run
+from specviz.core.events import RunSummary, StepEvent
+from specviz.core.metrics import first_divergence, position_stats, with_plain
+from specviz.core.presets import default_preset, suite_prompts
 from specviz.proposers import STRATEGIES, build_proposer
 
 ANSI = {"accepted": "\033[32m", "rejected": "\033[9;31m", "resampled": "\033[1;33m", "bonus": "\033[4;36m"}
@@ -30,7 +31,7 @@ RESET = "\033[0m"
 
 
 def _gen_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, help="model pair from presets/models.yaml (default: the first)")
+    p.add_argument("--preset", default=None, help="model pair from specviz/presets/models.yaml (default: the first)")
     p.add_argument("--gamma", type=int, default=4, help="draft length (1..32)")
     p.add_argument("--rule", choices=["greedy", "sample"], default="greedy", help="verification rule")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (rule 'sample')")
@@ -161,7 +162,7 @@ def cmd_generate(args: argparse.Namespace, out: TextIO) -> int:
     summary = spec.summary
     assert summary is not None
     if args.json:
-        from specviz.events import trace_to_json
+        from specviz.core.events import trace_to_json
 
         out.write(
             trace_to_json(steps, summary, {"prompt": prompt, "preset": pair.preset, "config": cfg.to_dict()}) + "\n"
@@ -298,7 +299,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
     """bench --targets: each chosen speed target measured as a ratio in this one run, with whether it holds."""
-    from specviz import targets as tg
+    from specviz.bench import targets as tg
 
     cfg = config_from(args)
     names = tg.chosen(args.targets)
@@ -312,7 +313,7 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
         rows += tg.check_startup(preset, args.cold, log)
     details, report = "", None
     if "gpu" in names:  # its own pair: random weights of the default pair's shapes, on CUDA
-        from specviz.gpu_bench import gpu_report
+        from specviz.bench.gpu import gpu_report
 
         report = gpu_report(args.max_new_tokens, gamma=cfg.gamma, log=log, budget_s=330)
         rows += tg.check_gpu(report)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from specviz.lab import relaxed
-from specviz.sampling import Sampler, residual, sample, tv_distance
+from specviz.core import relaxed
+from specviz.core.sampling import Sampler, residual, sample, tv_distance
 
 
 @dataclass(frozen=True)

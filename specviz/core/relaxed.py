@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from specviz.config import RELAX_FAMILIES
-from specviz.sampling import tv_distance
+from specviz.core.config import RELAX_FAMILIES
+from specviz.core.sampling import tv_distance
 
 FAMILIES = RELAX_FAMILIES
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from specviz.config import ConfigError
+from specviz.core.config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,21 @@ from dataclasses import dataclass
 
 import torch
 
-from specviz.config import ConfigError, GenConfig
-from specviz.events import RunSummary, StepEvent, TokenEvent
-from specviz.lab import relaxed
-from specviz.metrics import summarize
-from specviz.models import LM
-from specviz.proposers.base import NoProposer, Outcome, Proposal, Proposer
-from specviz.sampling import Sampler, at_least_fp32, residual, tv_distance
-from specviz.verify import MultiVerdict, Verdict, greedy_verify, multi_draft_verify, multi_greedy_verify, relaxed_verify
+from specviz.core import relaxed
+from specviz.core.config import ConfigError, GenConfig
+from specviz.core.events import RunSummary, StepEvent, TokenEvent
+from specviz.core.metrics import summarize
+from specviz.core.model import LanguageModel
+from specviz.core.proposal import NoProposer, Outcome, Proposal, Proposer
+from specviz.core.sampling import Sampler, at_least_fp32, residual, tv_distance
+from specviz.core.verify import (
+    MultiVerdict,
+    Verdict,
+    greedy_verify,
+    multi_draft_verify,
+    multi_greedy_verify,
+    relaxed_verify,
+)
 
 Hook = Callable[[StepEvent], None]
 
@@ -43,7 +50,7 @@ class SpecRun:
 
     def __init__(
         self,
-        target: LM,
+        target: LanguageModel,
         proposer: Proposer | None,
         prompt_ids: Sequence[int],
         cfg: GenConfig,
@@ -365,6 +372,6 @@ class SpecRun:
         return torch.stack([px, qx, tv]).tolist()
 
 
-def run(target: LM, proposer: Proposer | None, prompt_ids: Sequence[int], cfg: GenConfig, **kw) -> SpecRun:
+def run(target: LanguageModel, proposer: Proposer | None, prompt_ids: Sequence[int], cfg: GenConfig, **kw) -> SpecRun:
     """Build a run; iterate it for StepEvents (or call .run() for the summary)."""
     return SpecRun(target, proposer, prompt_ids, cfg, **kw)

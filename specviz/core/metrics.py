@@ -1,10 +1,10 @@
-"""Pure numbers about runs: summaries of step events, speedup, and the theory (Leviathan et al. 2023; Yin et al. 2024)."""
+"""Pure numbers about runs: a run summary from its step events, the measured cost ratio c and speedup, and where two outputs part."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from specviz.events import RunSummary, StepEvent
+from specviz.core.events import RunSummary, StepEvent
 
 
 def position_stats(steps: Sequence[StepEvent]) -> tuple[list[int], list[int], list[float]]:
@@ -83,46 +83,9 @@ def with_plain(spec: RunSummary, plain: RunSummary) -> RunSummary:
     return spec
 
 
-def expected_tokens_per_step(alpha: float, gamma: int) -> float:
-    """Leviathan et al. (2023), eq. 1: E[tokens per step] = (1 - alpha^(gamma+1)) / (1 - alpha)."""
-    if alpha >= 1.0:
-        return gamma + 1.0
-    return (1 - alpha ** (gamma + 1)) / (1 - alpha)
-
-
-def expected_speedup(alpha: float, gamma: int, c: float) -> float:
-    """Leviathan et al. (2023), thm. 3.8: (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1))."""
-    return expected_tokens_per_step(alpha, gamma) / (gamma * c + 1)
-
-
-def best_gamma(alpha: float, c: float, max_gamma: int = 16) -> int:
-    return max(range(1, max_gamma + 1), key=lambda g: expected_speedup(alpha, g, c))
-
-
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     """Index of the first differing token (or of the shorter end), None when identical."""
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def why_sentence(alpha: float, c: float | None, gamma: int, speedup: float | None) -> str:
-    """One plain sentence on why a run was or was not faster."""
-    if c is None:
-        return "No drafts were made, so this run is plain decoding."
-    pred = expected_speedup(alpha, gamma, c)
-    head = f"Drafting costs {c:.2f} of a target step and {alpha:.0%} of guesses were accepted, so with gamma={gamma} "
-    head += f"theory predicts {pred:.2f}x"
-    if speedup is None:
-        return head + "."
-    verdict = "faster" if speedup > 1.02 else ("no faster" if speedup > 0.98 else "slower")
-    tail = f"; measured {speedup:.2f}x ({verdict} than plain)."
-    if speedup < 1 and alpha < c:
-        tail += " Acceptance is below the cost ratio, the break-even point (alpha = c)."
-    if c >= 0.5:  # e.g. the 0.5B draft beside the 1.5B target on a GPU, where every pass is mostly fixed cost
-        tail += (
-            " A draft that costs half a target step or more leaves little to gain: prompt lookup, layer skip or"
-            " helper heads guess for less."
-        )
-    return head + tail

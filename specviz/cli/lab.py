@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from specviz.config import ConfigError, suite_prompts
+from specviz.core.config import ConfigError, parse_numbers
+from specviz.core.presets import suite_prompts
 
 PARTS = ("playground", "relaxed", "planner", "replay", "batch")
 
@@ -32,13 +33,6 @@ def add_parser(sub: Any, gen_args: Callable[[argparse.ArgumentParser], None]) ->
     gen_args(p)
 
 
-def numbers(text: str, name: str, kind: type = float) -> list[Any]:
-    try:
-        return [kind(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise ConfigError(f"--{name} needs comma-separated numbers, got {text!r}") from None
-
-
 def format_rows(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
     """A Markdown table of the chosen columns (floats with 3 significant decimals)."""
 
@@ -58,7 +52,7 @@ def format_rows(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
 def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     if args.part == "playground":
         return _playground(args, out)
-    from specviz.cli import config_from, load
+    from specviz.cli.common import config_from, load
 
     cfg = config_from(args)
     if args.part == "replay" and args.trace:
@@ -71,7 +65,7 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
         from specviz.lab.tradeoff import relaxed_sweep
 
         rows = relaxed_sweep(
-            pair, ids, cfg.with_(rule="sample"), numbers(args.lams, "lams"), args.families.split(","), progress=log
+            pair, ids, cfg.with_(rule="sample"), parse_numbers(args.lams, "--lams"), args.families.split(","), progress=log
         )
         out.write(
             format_rows(
@@ -97,7 +91,7 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     if args.part == "batch":
         from specviz.lab.batch import batch_sweep
 
-        rows = batch_sweep(pair, ids, cfg, numbers(args.ms, "ms", int))
+        rows = batch_sweep(pair, ids, cfg, parse_numbers(args.ms, "--ms", int, 1))
         out.write(
             format_rows(
                 rows,
@@ -126,7 +120,7 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     c = costs.c
     out.write(f"draft ms per token: {costs.draft_ms}, c = {c}\n\n")
     greedy = cfg.with_(rule="greedy", relax=0.0)
-    gammas = numbers(args.gammas, "gammas", int) if args.part == "planner" else []  # replay: the plain run only
+    gammas = parse_numbers(args.gammas, "--gammas", int, 1) if args.part == "planner" else []  # replay: the plain run only
     measured, plain = planner.measure_speedups(pair, ids, greedy, gammas, progress=log)
     alpha = planner.pooled_alpha(measured)
     if args.part == "planner":
@@ -152,7 +146,7 @@ def _replay_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _replay_trace(args: argparse.Namespace, out: TextIO, cfg: Any, pair: Any) -> int:
-    from specviz.events import trace_from_json
+    from specviz.core.events import trace_from_json
     from specviz.lab import planner, replay
 
     try:

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from specviz.config import ConfigError, GenConfig
-from specviz.engine import run
-from specviz.models import ModelPair, load_pair
+from specviz.backends.loading import ModelPair, load_pair
+from specviz.core.config import ConfigError, GenConfig
+from specviz.core.engine import run
 from specviz.proposers import STRATEGIES, build_proposer
 
 PRESET = "qwen-coder-1.5b-shapes"
@@ -92,7 +92,7 @@ def gpu_report(
 ) -> dict[str, Any]:
     """Every GPU measurement, as a dict (sections that fail record their error and the rest go on; `sections`: only
     these). preset and device exist to try this code on a CPU with a tiny preset; its numbers mean nothing there."""
-    from specviz.static_lm import StaticLM
+    from specviz.backends.static_lm import StaticLM
 
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("target gpu needs a CUDA device, and torch sees none here")
@@ -255,15 +255,14 @@ def _default_kept(pair: ModelPair) -> list[int]:
 def _medusa_heads(pair: ModelPair) -> None:
     """The trained heads of the embedded pair (same hidden size and vocabulary) on the random target: they guess
     nothing useful here, but cost what they cost."""
-    from specviz.config import model_preset
+    from specviz.core.presets import PACKAGE_DIR, model_preset
     from specviz.medusa import heads_for, lm_head_rows
     from specviz.medusa.heads import load_heads
-    from specviz.targets import ROOT
 
     if pair.info.get("heads_spec"):  # a preset with heads of its own (trying this on a CPU)
         heads_for(pair)
         return
     spec = model_preset("qwen-coder-1.5b")["heads"]
     cfg = pair.target.model.config
-    heads = load_heads(ROOT / spec["file"], cfg.hidden_size, cfg.vocab_size, None, spec.get("sha256"))
+    heads = load_heads(PACKAGE_DIR / spec["file"], cfg.hidden_size, cfg.vocab_size, None, spec.get("sha256"))
     pair.heads = heads.bind(lm_head_rows(pair.target.model)).to(pair.device)

@@ -12,17 +12,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from specviz.config import GenConfig, suite_prompts
-from specviz.engine import run
-from specviz.models import ModelPair, load_pair
+from specviz.backends.loading import ModelPair, load_pair
+from specviz.core.config import GenConfig
+from specviz.core.engine import run
+from specviz.core.presets import PACKAGE_DIR, suite_prompts
 from specviz.proposers import build_proposer
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("baseline", "overhead", "assisted", "speedups", "startup", "gpu")
 Log = Callable[[str], None]
 
@@ -247,7 +246,7 @@ WHOLE_ANSWERS = 256  # new tokens that let every edit-suite answer finish (the l
 def check_speedups(pair: ModelPair, cfg: GenConfig, limit: int, ngram_gamma: int, log: Log) -> list[TargetRow]:
     """Draft on the code suite (>= 1.5x) and prompt lookup on the edit suite (>= 2x), each against plain; prompt
     lookup also on whole edit answers (up to WHOLE_ANSWERS tokens), whose copying runs past the first 64 tokens."""
-    from specviz.cli import aggregate, bench_rows
+    from specviz.bench.suite import aggregate, bench_rows
 
     rows = []
     runs = [
@@ -320,7 +319,7 @@ def _child(preset: str, env: dict[str, str]) -> tuple[dict[str, Any], float]:
     short generation after it, there for peak memory, is not counted)."""
     t0 = time.time()
     code = f"from specviz.targets import _probe; _probe({preset!r})"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False, cwd=PACKAGE_DIR.parent)
     if out.returncode != 0:
         raise RuntimeError(f"start-up probe failed: {out.stderr.strip()[-800:]}")
     probe = json.loads(out.stdout.strip().splitlines()[-1])

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from specviz.config import ConfigError
-from specviz.kernels import PackedEmbedding, PackedLinear, kernel_tag, swap_shells
+from specviz.backends.kernels import PackedEmbedding, PackedLinear, kernel_tag, swap_shells
+from specviz.core.config import ConfigError
 
 READ_THREADS = 4  # parallel readers of one file
 READ_PIECE = 64 << 20  # bytes per read

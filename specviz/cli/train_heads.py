@@ -10,16 +10,18 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from specviz.config import ConfigError, default_preset
-from specviz.medusa import ROOT, lm_head_weight
+from specviz.backends.cache import cache_dir
+from specviz.backends.loading import load_pair
+from specviz.core.config import ConfigError
+from specviz.core.presets import ASSETS_DIR, PACKAGE_DIR, default_preset
+from specviz.medusa import lm_head_weight
 from specviz.medusa.data import TRAIN_PROMPTS, Distilled, data_key, self_distill, train_prompts
 from specviz.medusa.train import train_heads
-from specviz.models import cache_dir, load_pair
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train-heads", help="train Medusa helper heads for a preset's target (self-distillation)")
-    t.add_argument("--preset", default=None, help="model pair from presets/models.yaml (default: the first)")
+    t.add_argument("--preset", default=None, help="model pair from specviz/presets/models.yaml (default: the first)")
     t.add_argument("--heads", type=int, default=4, help="number of heads K (1..8)")
     t.add_argument("--prompts", default=str(TRAIN_PROMPTS), help="YAML file with a 'prompts' list")
     t.add_argument("--answers", type=int, default=0, help="use only the first N prompts (0 = all)")
@@ -69,13 +71,13 @@ def cmd_train_heads(args: argparse.Namespace, out: TextIO) -> int:
         data, lm_head_weight(target), args.heads, args.epochs, args.lr, seed=args.seed, meta=meta, log=log
     )
     heads.meta["report"] = report.to_dict()
-    path = Path(args.out) if args.out else ROOT / "assets" / f"medusa-{preset}.safetensors"
+    path = Path(args.out) if args.out else ASSETS_DIR / f"medusa-{preset}.safetensors"
     sha = heads.save(path)
     size_mb = path.stat().st_size / 1e6
     out.write(format_report(preset, data, report.to_dict()))
     out.write(
         f"trained in {time.perf_counter() - t0:.0f} s; wrote {path} ({size_mb:.1f} MB)\n"
-        f"to use it, set in presets/models.yaml under {preset}:\n"
+        f"to use it, set in specviz/presets/models.yaml under {preset}:\n"
         f"  heads: {{file: {_rel(path)}, sha256: {sha}}}\n"
     )
     return 0
@@ -83,7 +85,7 @@ def cmd_train_heads(args: argparse.Namespace, out: TextIO) -> int:
 
 def _rel(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(ROOT))
+        return str(path.resolve().relative_to(PACKAGE_DIR))
     except ValueError:
         return str(path)
 

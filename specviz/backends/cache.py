@@ -1,0 +1,110 @@
+"""The on-disk cache of embedded models: each GGUF dequantised once into a transformers folder, with a manifest that is checked before it is trusted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specviz.backends.embedded import EMBEDDED, assemble, embedded_model
+from specviz.backends.gguf_convert import NotConvertible, convert
+from specviz.backends.weights import fingerprint, packed_file, packed_ok
+from specviz.core.progress import Progress
+
+CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """Where dequantised models are cached; SPECVIZ_CACHE moves it."""
+    return Path(os.environ.get("SPECVIZ_CACHE", Path.home() / ".cache" / "specviz"))
+
+
+def cached_file(src: dict[str, Any], packed: torch.dtype | None) -> Path | None:
+    """What a warm start reads for an embedded model: its packed weights of dtype `packed` where cached and sound,
+    else its float32 cache folder; None when it is not cached (or not embedded)."""
+    if src.get("source") != "embedded" or src.get("name") not in EMBEDDED:
+        return None
+    folder, sha = _cache_folder(src["name"])
+    if not _cache_ok(folder, sha):
+        return None
+    if packed is not None and packed_ok(packed_file(folder, packed)):
+        return packed_file(folder, packed)
+    return folder
+
+
+def embedded_folder(info: dict[str, Any]) -> Path | None:
+    return Path(info["path"]) if info.get("source") == "embedded" and info.get("path") else None
+
+
+def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict, Any]:
+    """A transformers-loadable folder for an embedded GGUF model: built once (assemble, verify sha256, dequantise,
+    save safetensors), then reused. A cache that fails its manifest check is rebuilt, never trusted.
+    -> (folder, info, the float32 model when it was just built, else None)"""
+    folder, sha = _cache_folder(name)
+    m = embedded_model(name)
+    if _cache_ok(folder, sha):
+        return folder, {"source": "embedded", "name": name, "cache": "hit", "path": str(folder)}, None
+    t0 = time.perf_counter()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    work = folder.with_name(folder.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    gguf = assemble(
+        m, work / "model.gguf", lambda done, total: progress(0.3 * done / total, "assembling and checking sha256")
+    )
+    progress(0.3, "dequantising GGUF (once)")
+    stages: dict[str, float] = {"assemble_s": round(time.perf_counter() - t0, 1)}
+    try:
+        model, tok, times = convert(gguf, progress)
+        stages.update(times)
+    except NotConvertible:  # an architecture our converter does not handle: transformers' loader (slow)
+        tok = AutoTokenizer.from_pretrained(work, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf.name, dtype=torch.float32)
+        # the weights are plain float32 now: drop the GGUF marker so save_pretrained writes safetensors
+        model.config.__dict__.pop("quantization_config", None)
+        model.hf_quantizer = None
+    progress(0.8, "writing cache")
+    t = time.perf_counter()
+    gguf.unlink()
+    model.save_pretrained(work)
+    tok.save_pretrained(work)
+    _write_manifest(work, m.sha256)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(work, folder)
+    stages["write_s"] = round(time.perf_counter() - t, 1)
+    info = {
+        "source": "embedded",
+        "name": name,
+        "cache": "built",
+        "build_s": round(time.perf_counter() - t0, 1),
+        "build_stages": stages,
+        "path": str(folder),
+    }
+    return folder, info, model
+
+
+def _cache_folder(name: str) -> tuple[Path, str]:
+    """(the cache folder of an embedded model, the sha256 of its source)"""
+    return cache_dir() / f"{name}-v{CACHE_FORMAT}", embedded_model(name).sha256
+
+
+def _write_manifest(folder: Path, source_sha: str) -> None:
+    files = {p.name: fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / "specviz-manifest.json").write_text(
+        json.dumps({"format": CACHE_FORMAT, "source_sha256": source_sha, "files": files}, indent=1)
+    )
+
+
+def _cache_ok(folder: Path, source_sha: str) -> bool:
+    try:
+        man = json.loads((folder / "specviz-manifest.json").read_text())
+        if man.get("format") != CACHE_FORMAT or man.get("source_sha256") != source_sha or not man.get("files"):
+            return False
+        return all(fingerprint(folder / n) == fp for n, fp in man["files"].items())
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,259 @@
+"""The only place that knows how a preset becomes a ModelPair: embedded GGUF, hub id or random weights, each model put on its device and fast path."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specviz.backends.cache import cached_embedded, cached_file, embedded_folder
+from specviz.backends.codecs import ByteCodec, Codec, HFCodec
+from specviz.backends.devices import pick_device, pick_dtype
+from specviz.backends.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
+from specviz.backends.kernels import kernel, prebuild
+from specviz.backends.lm import LM
+from specviz.backends.tiny import shapes_model, tiny_pair
+from specviz.backends.weights import (
+    CacheReader,
+    evict,
+    from_packed,
+    packed_dtype,
+    packed_file,
+    packed_files,
+    packed_ok,
+    read_folder,
+    save_packed,
+    trim,
+)
+from specviz.core.config import ConfigError
+from specviz.core.presets import model_preset
+from specviz.core.progress import Progress
+
+
+class ModelPair:
+    """What a preset loads: a target, an optional draft model, one codec, and how they were loaded."""
+
+    preset: str
+    target: LM
+    draft: LM | None
+    codec: Codec
+    device: torch.device
+    dtype: torch.dtype
+    info: dict[str, Any] = field(default_factory=dict)  # load timings, sources, cache hits
+    heads: Any = None  # the preset's trained helper heads (MedusaHeads), loaded on first use by the medusa strategy
+
+    def close(self) -> None:
+        """Free the weights (switching presets)."""
+        self.target = self.draft = None  # type: ignore[assignment]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def load_pair(
+    preset: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: Progress | None = None,
+    spec: dict[str, Any] | None = None,
+    fast: bool = True,
+) -> ModelPair:
+    """Load a preset's target and draft (fast=False: as transformers loads them, without our CPU fast paths). Errors
+    the user can fix are ConfigError with a clear message."""
+    spec = spec or model_preset(preset)
+    progress = progress or (lambda f, m: None)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype or spec.get("dtype"))
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {"preset": preset, "device": str(dev), "dtype": str(dt).replace("torch.", "")}
+    if spec.get("heads"):
+        info["heads_spec"] = dict(spec["heads"])
+    cpu_fast = fast and use_cpu_fast_path(dev, dt)
+    if cpu_fast:
+        prebuild()
+
+    def finish(model: torch.nn.Module, role: str, folder: Path | None = None) -> torch.nn.Module:
+        """On the device, with the CPU fast path: done per model as it arrives, so packing the target overlaps
+        reading the draft's weights. folder: the model's embedded cache, where its packed weights are saved once."""
+        model = model.to(dev)
+        key = "linear" if role == "target" else "draft_linear"
+        cached = packed_dtype(model)
+        if cached is not None:  # read from the packed cache: nothing to pack
+            bf16 = cached == torch.bfloat16
+            info[key] = f"specviz packed kernel{', bf16 weights' if bf16 else ''} (from the packed cache)"
+        elif cpu_fast:
+            if role == "draft" and use_bf16_draft(dev, dt):
+                model, info[key] = draft_fast_path(model)
+            else:
+                model, info[key] = target_fast_path(model)
+            trim()
+            done = packed_dtype(model)
+            if folder is not None and done is not None and not packed_ok(packed_file(folder, done)):
+                progress(0.99, f"caching the {role}'s packed weights (once)")
+                if save_packed(model, folder) is not None:
+                    evict(sorted(folder.glob("*.safetensors")))  # later starts read the packed file instead
+        return model
+
+    wanted = {"target": torch.float32, "draft": torch.bfloat16 if use_bf16_draft(dev, dt) else torch.float32}
+
+    if spec["target"].get("source") == "random":
+        target, draft, codec = tiny_pair(spec, dt)
+        target, draft = finish(target, "target"), (finish(draft, "draft") if draft is not None else None)
+    elif spec["target"].get("source") == "shapes":
+        target = finish(shapes_model(spec["target"], dt, dev), "target")
+        draft = finish(shapes_model(spec["draft"], dt, dev), "draft") if spec.get("draft") else None
+        codec = ByteCodec(target.config.vocab_size)
+    else:
+        # read while transformers imports: the packed weights where cached, else the float32 ones
+        reader = CacheReader(
+            [cached_file(spec["target"], wanted["target"] if cpu_fast else None)]
+            + ([cached_file(spec["draft"], wanted["draft"] if cpu_fast else None)] if spec.get("draft") else [])
+        )
+        try:
+            target, tcodec, tinfo = _load_one(
+                spec["target"], dt, spec.get("chat", True), _scaled(progress, 0.0, 0.7, "target"), reader=reader
+            )
+            info["target"] = tinfo
+            target = finish(target, "target", embedded_folder(tinfo))
+            draft = None
+            codec = tcodec
+            if spec.get("draft"):
+                draft, dcodec, dinfo = _load_one(
+                    spec["draft"],
+                    dt,
+                    spec.get("chat", True),
+                    _scaled(progress, 0.7, 1.0, "draft"),
+                    share=tcodec,
+                    reader=reader,
+                )
+                info["draft"] = dinfo
+                shared = isinstance(dcodec, HFCodec) and isinstance(tcodec, HFCodec) and dcodec.tok is tcodec.tok
+                if not shared and dcodec.vocab_key() != tcodec.vocab_key():
+                    raise ConfigError(
+                        f"preset {preset!r}: the draft's tokenizer differs from the target's; speculative decoding "
+                        "needs one vocabulary for both"
+                    )
+                draft = finish(draft, "draft", embedded_folder(dinfo))
+        finally:
+            reader.stop()
+    wrap: Callable[[torch.nn.Module, str], Any] = LM
+    if fast and dev.type == "cuda" and os.environ.get("SPECVIZ_GRAPHS", "1") != "0":
+        wrap, info["linear"] = _gpu_fast_path(target)
+    lms = [wrap(target, "target"), wrap(draft, "draft") if draft is not None else None]
+    for lm in lms:  # compile and capture now, so that no visitor's timed run pays for it
+        if lm is not None and hasattr(lm, "warm"):
+            progress(0.99, f"compiling the {lm.name}'s GPU pass")
+            lm.warm()
+    info["load_s"] = round(time.perf_counter() - t0, 2)
+    progress(1.0, "ready")
+    return ModelPair(preset, lms[0], lms[1], codec, dev, dt, info)
+
+
+def _gpu_fast_path(target: torch.nn.Module) -> tuple[Callable[[torch.nn.Module, str], Any], str]:
+    """On CUDA, StaticLM (static KV cache, CUDA graphs, each one-row pass torch.compiled where Triton is installed;
+    SPECVIZ_COMPILE=0: graphs only) for every model it supports, LM otherwise. -> (how to wrap a model, what was used)"""
+    from specviz.backends.static_lm import StaticLM, unsupported
+
+    why = unsupported(target)
+    if why:
+        return LM, f"transformers (no static-cache path: {why})"
+    compile_ = os.environ.get("SPECVIZ_COMPILE", "1") != "0" and importlib.util.find_spec("triton") is not None
+
+    def wrap(model: torch.nn.Module, name: str) -> Any:
+        return StaticLM(model, name, use_compile=compile_) if unsupported(model) is None else LM(model, name)
+
+    return wrap, "static KV cache + CUDA graphs" + (" + torch.compile" if compile_ else "")
+
+
+def _from_folder(path: Path, dtype: torch.dtype, reader: CacheReader | None = None) -> Any:
+    """A transformers model from a local folder of config.json + *.safetensors, read without a memory map (reader:
+    where they, or the model's packed weights, are being read already)."""
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])  # imports its code: seconds
+    packed = next((f for f in packed_files(path) if reader.reading(f)), None) if reader else None
+    if packed is not None:
+        state = reader.take(packed)
+        if state is not None and kernel()[0] is not None:
+            try:
+                model = from_packed(cls, config, state)
+            except Exception:  # e.g. another transformers' module layout: the float32 cache still works
+                model = None
+            if model is not None:
+                if (path / "generation_config.json").is_file():
+                    model.generation_config = transformers.GenerationConfig.from_pretrained(path)
+                return model
+        del state  # no kernel in this process after all, or unusable: load the float32 weights
+    state = (reader.take(path) if reader else None) or read_folder(path)
+    model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
+    if (path / "generation_config.json").is_file():  # eos ids and defaults, as from_pretrained(path) would read
+        model.generation_config = transformers.GenerationConfig.from_pretrained(path)
+    return model
+
+
+def _scaled(progress: Progress, lo: float, hi: float, label: str) -> Progress:
+    return lambda f, m: progress(lo + (hi - lo) * f, f"{label}: {m}")
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = ids if isinstance(ids, list) else [ids]
+    extra = tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tokenizer.get_vocab() else None
+    return sorted(i for i in {*ids, tokenizer.eos_token_id, extra} if i is not None)
+
+
+def _load_one(
+    src: dict[str, Any],
+    dtype: torch.dtype,
+    chat: bool,
+    progress: Progress,
+    share: HFCodec | None = None,
+    reader: CacheReader | None = None,
+) -> tuple[Any, HFCodec, dict]:
+    """One model and its codec; `share`: a codec whose tokenizer to reuse when this model's tokenizer files are the
+    same bytes (the embedded pair's are: building a Qwen tokenizer takes seconds); `reader`: where its cached weights
+    are being read in the background."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind = src.get("source")
+    if kind == "embedded":
+        path, info, fresh = cached_embedded(src["name"], progress)
+        load_kw: dict[str, Any] = {}
+    elif kind == "hub":
+        path, info, load_kw, fresh = src["id"], {"source": "hub", "id": src["id"]}, {}, None
+    else:
+        raise ConfigError(f"unknown model source {kind!r}: use embedded, hub or random")
+    try:
+        progress(0.9, "loading weights")
+        if share is not None and _same_tokenizer_files(Path(share.tok.name_or_path), Path(path)):
+            tok = share.tok
+        else:
+            tok = AutoTokenizer.from_pretrained(path, **load_kw)
+        if fresh is not None:  # just built: no need to read it back
+            model = fresh.to(dtype)
+        elif kind == "embedded":
+            model = _from_folder(Path(path), dtype, reader)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kw)
+    except OSError as e:
+        raise ConfigError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from e
+    return model, HFCodec(tok, _eos_ids(model, tok), chat), info
+
+
+def _same_tokenizer_files(a: Path, b: Path) -> bool:
+    """Same vocabulary files. The chat template may differ (the embedded pair's differ in one escaped brace of the
+    tool-call text): a draft is fed the target's token ids and never encodes text itself."""
+    names = ("tokenizer.json", "tokenizer_config.json")
+    try:
+        return a.is_dir() and b.is_dir() and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    except OSError:
+        return False
