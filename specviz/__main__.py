@@ -1,4 +1,4 @@
-"""`python -m specviz ...`: the command line (see specviz/cli.py)."""
+"""`python -m specviz ...`: the command line (see specviz/cli/main.py)."""
 
 import sys
 

@@ -30,7 +30,7 @@ def cached_file(src: dict[str, Any], packed: torch.dtype | None) -> Path | None:
     if src.get("source") != "embedded" or src.get("name") not in EMBEDDED:
         return None
     folder, sha = _cache_folder(src["name"])
-    if not _cache_ok(folder, sha):
+    if not cache_ok(folder, sha):
         return None
     if packed is not None and packed_ok(packed_file(folder, packed)):
         return packed_file(folder, packed)
@@ -47,7 +47,7 @@ def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict, Any]:
     -> (folder, info, the float32 model when it was just built, else None)"""
     folder, sha = _cache_folder(name)
     m = embedded_model(name)
-    if _cache_ok(folder, sha):
+    if cache_ok(folder, sha):
         return folder, {"source": "embedded", "name": name, "cache": "hit", "path": str(folder)}, None
     t0 = time.perf_counter()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,7 +73,7 @@ def cached_embedded(name: str, progress: Progress) -> tuple[Path, dict, Any]:
     gguf.unlink()
     model.save_pretrained(work)
     tok.save_pretrained(work)
-    _write_manifest(work, m.sha256)
+    write_manifest(work, m.sha256)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(work, folder)
     stages["write_s"] = round(time.perf_counter() - t, 1)
@@ -93,14 +93,16 @@ def _cache_folder(name: str) -> tuple[Path, str]:
     return cache_dir() / f"{name}-v{CACHE_FORMAT}", embedded_model(name).sha256
 
 
-def _write_manifest(folder: Path, source_sha: str) -> None:
+def write_manifest(folder: Path, source_sha: str) -> None:
+    """Record the fingerprint of every file in a cache folder, and the sha256 of the source it was built from."""
     files = {p.name: fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
     (folder / "specviz-manifest.json").write_text(
         json.dumps({"format": CACHE_FORMAT, "source_sha256": source_sha, "files": files}, indent=1)
     )
 
 
-def _cache_ok(folder: Path, source_sha: str) -> bool:
+def cache_ok(folder: Path, source_sha: str) -> bool:
+    """Whether a cache folder's manifest is readable, of this format and source, and every file still matches it."""
     try:
         man = json.loads((folder / "specviz-manifest.json").read_text())
         if man.get("format") != CACHE_FORMAT or man.get("source_sha256") != source_sha or not man.get("files"):

@@ -1,4 +1,4 @@
-"""CPU fast paths, chosen by measurement on our 2-core AVX2 machine: our packed-weight kernel (specviz/kernels) for
+"""CPU fast paths, chosen by measurement on our 2-core AVX2 machine: our packed-weight kernel (specviz/backends/kernels) for
 every pass of the target (float32 weights) and of the draft model (bfloat16 weights, float32 arithmetic); where the
 kernel cannot be built, oneDNN linear layers, and for the draft bf16 weights in its few-row passes."""
 

@@ -7,7 +7,7 @@ import importlib.util
 import os
 import time
 from collections.abc import Callable
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from specviz.core.presets import model_preset
 from specviz.core.progress import Progress
 
 
+@dataclass
 class ModelPair:
     """What a preset loads: a target, an optional draft model, one codec, and how they were loaded."""
 
@@ -117,7 +118,7 @@ def load_pair(
             + ([cached_file(spec["draft"], wanted["draft"] if cpu_fast else None)] if spec.get("draft") else [])
         )
         try:
-            target, tcodec, tinfo = _load_one(
+            target, tcodec, tinfo = load_one(
                 spec["target"], dt, spec.get("chat", True), _scaled(progress, 0.0, 0.7, "target"), reader=reader
             )
             info["target"] = tinfo
@@ -125,7 +126,7 @@ def load_pair(
             draft = None
             codec = tcodec
             if spec.get("draft"):
-                draft, dcodec, dinfo = _load_one(
+                draft, dcodec, dinfo = load_one(
                     spec["draft"],
                     dt,
                     spec.get("chat", True),
@@ -172,7 +173,7 @@ def _gpu_fast_path(target: torch.nn.Module) -> tuple[Callable[[torch.nn.Module, 
     return wrap, "static KV cache + CUDA graphs" + (" + torch.compile" if compile_ else "")
 
 
-def _from_folder(path: Path, dtype: torch.dtype, reader: CacheReader | None = None) -> Any:
+def from_folder(path: Path, dtype: torch.dtype, reader: CacheReader | None = None) -> Any:
     """A transformers model from a local folder of config.json + *.safetensors, read without a memory map (reader:
     where they, or the model's packed weights, are being read already)."""
     import transformers
@@ -211,7 +212,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(i for i in {*ids, tokenizer.eos_token_id, extra} if i is not None)
 
 
-def _load_one(
+def load_one(
     src: dict[str, Any],
     dtype: torch.dtype,
     chat: bool,
@@ -241,7 +242,7 @@ def _load_one(
         if fresh is not None:  # just built: no need to read it back
             model = fresh.to(dtype)
         elif kind == "embedded":
-            model = _from_folder(Path(path), dtype, reader)
+            model = from_folder(Path(path), dtype, reader)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kw)
     except OSError as e:

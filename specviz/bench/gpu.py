@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from specviz.backends.loading import ModelPair, load_pair
+from specviz.bench.targets import TargetRow
 from specviz.core.config import ConfigError, GenConfig
 from specviz.core.engine import run
 from specviz.proposers import STRATEGIES, build_proposer
@@ -266,3 +267,137 @@ def _medusa_heads(pair: ModelPair) -> None:
     cfg = pair.target.model.config
     heads = load_heads(PACKAGE_DIR / spec["file"], cfg.hidden_size, cfg.vocab_size, None, spec.get("sha256"))
     pair.heads = heads.bind(lm_head_rows(pair.target.model)).to(pair.device)
+
+
+def check_gpu(report: dict[str, Any]) -> list[TargetRow]:
+    """The GPU rows from gpu_bench.gpu_report(): targets 5 (plain ms per token, against HF's static cache), 1 and 2
+    on the GPU, and HF assisted generation there; random weights of the embedded pair's shapes."""
+    rows: list[TargetRow] = []
+    where = f"{report['device']}, random weights of the pair's shapes, {report.get('load', {}).get('dtype')}"
+    plain = report.get("plain", {})
+    if "ms_per_token" not in plain:
+        return [TargetRow("5 GPU plain decoding", f"not measured: {plain}", float("nan"), "<=", 3.0, where)]
+    ours = plain["ms_per_token"]
+    rows.append(TargetRow("5 GPU plain decoding", "specviz plain, ms per token", ours, "<=", 3.0, where))
+    hf_static = [(k, report[k]) for k in ("hf_static_compiled", "hf_static") if "ms_per_token" in report.get(k, {})]
+    if hf_static:
+        name, best = min(hf_static, key=lambda kv: kv[1]["ms_per_token"])
+        rows.append(
+            TargetRow(
+                "5 GPU vs HF static cache",
+                f"specviz plain / HF generate with a static cache{' compiled' if 'compiled' in name else ''} (ms per "
+                "token, the faster HF variant)",
+                ours / best["ms_per_token"],
+                "<",
+                1.0,
+                f"{ours:.2f} vs {best['ms_per_token']:.2f} ms per token; same tokens as HF for the first "
+                f"{best['agree_first']} of {report['setup']['tokens']} (bf16, two implementations)",
+            )
+        )
+    if "total_s" in report.get("hf_dynamic", {}):
+        hf = report["hf_dynamic"]
+        rows.append(
+            TargetRow(
+                "1 fair baseline (GPU)",
+                "specviz plain / HF generate (time)",
+                plain["total_s"] / hf["total_s"],
+                "<=",
+                1.05,
+                f"{plain['total_s']:.3f} s vs {hf['total_s']:.3f} s, {report['setup']['tokens']} tokens; same tokens "
+                f"as HF for the first {hf['agree_first']} (bf16, two implementations)",
+            )
+        )
+    if "ratio" in report.get("overhead", {}):
+        o = report["overhead"]
+        rows.append(
+            TargetRow(
+                "2 instrumentation (GPU)",
+                "draft events on / events off (time)",
+                o["ratio"],
+                "<=",
+                1.05,
+                f"{o['on_s']:.3f} s vs {o['off_s']:.3f} s",
+                o["identical"],
+            )
+        )
+    if "ratio" in report.get("assisted", {}):
+        a = report["assisted"]
+        rows.append(
+            TargetRow(
+                "3 vs HF assisted (GPU)",
+                "HF assisted time / specviz draft time (random weights: nothing accepted on either side)",
+                a["ratio"],
+                ">=",
+                1.1,
+                f"{a['hf_assisted_s']:.3f} s vs {a['ours_draft_s']:.3f} s, {a['tokens']} tokens",
+            )
+        )
+    st = {k: v for k, v in report.get("strategies", {}).items() if isinstance(v, dict) and "identical" in v}
+    if st:
+        differ = [k for k, v in st.items() if not v["identical"]]
+        rows.append(
+            TargetRow(
+                "lossless (GPU)",
+                "strategies whose greedy output is plain's, of those run (bf16)",
+                (len(st) - len(differ)) / len(st),
+                ">=",
+                1.0,
+                f"{len(st) - len(differ)} of {len(st)}" + (f"; differ: {', '.join(differ)}" if differ else ""),
+            )
+        )
+    return rows
+
+
+def format_gpu_details(report: dict[str, Any]) -> str:
+    """Pass costs and each strategy's measured time per step on the GPU (random weights), as markdown."""
+    lines = [f"GPU details: {report['device']}, torch {report['torch']}, transformers {report['transformers']}"]
+    p = report.get("passes", {})
+    if "target_1_ms" in p:
+        lines += [
+            "",
+            "| pass | ms |",
+            "|---|---|",
+            *(f"| {k.removesuffix('_ms')} | {v:.3f} |" for k, v in p.items() if k.endswith("_ms")),
+            f"| c (draft / target, one token) | {p['c_draft']:.2f} |",
+            f"| c (layer skip / target) | {p['c_layerskip']:.2f} |",
+        ]
+    st = report.get("strategies", {})
+    if "error" in st or "skipped" in st:
+        lines.append(f"\nstrategies: {st}")
+    elif st:
+        lines += [
+            "",
+            "| strategy | ms per step | tokens per step | speedup (random weights) | identical |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in st.items():
+            if "error" in r:
+                lines.append(f"| {name} | error: {r['error']} | | | |")
+            else:
+                lines.append(
+                    f"| {name} | {r['ms_per_step']:.2f} | {r['tokens_per_step']:.2f} | "
+                    f"{r['speedup_random_weights']:.2f} | {r['identical']} |"
+                )
+    names = {
+        "plain": f"specviz ({report.get('load', {}).get('linear')})",
+        "graphs_only": "specviz, CUDA graphs without torch.compile",
+        "unpadded": "specviz, graphs without compile, passes not padded",
+        "hf_dynamic": "HF generate, dynamic cache",
+        "hf_static": "HF generate, static cache",
+        "hf_static_compiled": "HF generate, static cache, compiled",
+    }
+    lines += ["", "| plain decoding | ms per token | one-token pass, ms | first call, s |", "|---|---|---|---|"]
+    for k, label in names.items():
+        r = report.get(k)
+        if r is None:
+            continue
+        if "ms_per_token" not in r:
+            lines.append(f"| {label} | {r} | | |")
+            continue
+        pass_ms = r.get("pass_1_ms", p.get("target_1_ms") if k == "plain" else None)
+        first = r.get("first_call_s")
+        lines.append(
+            f"| {label} | {r['ms_per_token']:.2f} | {'' if pass_ms is None else f'{pass_ms:.2f}'} | "
+            f"{'' if first is None else f'{first:.1f}'} |"
+        )
+    return "\n".join(lines)

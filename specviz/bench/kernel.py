@@ -1,4 +1,4 @@
-"""`python -m specviz.kernels.bench`: milliseconds for one pass of M rows through the linear layers of the embedded
+"""`python -m specviz.bench.kernel`: milliseconds for one pass of M rows through the linear layers of the embedded
 pair's shapes, our packed kernel against torch's dense matmul and oneDNN, all timed in one run (best of a few)."""
 
 from __future__ import annotations

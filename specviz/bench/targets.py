@@ -4,11 +4,6 @@ whether it holds. Never a timed test: `python -m specviz bench --targets ...` pr
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,9 +12,11 @@ from typing import Any
 import torch
 
 from specviz.backends.loading import ModelPair, load_pair
+from specviz.bench.suite import aggregate, bench_rows
 from specviz.core.config import GenConfig
 from specviz.core.engine import run
-from specviz.core.presets import PACKAGE_DIR, suite_prompts
+from specviz.core.events import RunSummary
+from specviz.core.presets import suite_prompts
 from specviz.proposers import build_proposer
 
 TARGETS = ("baseline", "overhead", "assisted", "speedups", "startup", "gpu")
@@ -110,17 +107,18 @@ def hf_generate(
     return out[0, x.shape[1] :].tolist(), wall
 
 
-def _ours(pair: ModelPair, strategy: str, ids: list[int], cfg: GenConfig, instrument: bool = True):
+def run_strategy(pair: ModelPair, strategy: str, ids: list[int], cfg: GenConfig, instrument: bool = True) -> RunSummary:
+    """One run of `strategy` on the pair, to its summary."""
     kw = dict(eos_ids=pair.codec.eos_ids, piece=pair.codec.piece, instrument=instrument)
     return run(pair.target, build_proposer(strategy, pair, cfg), ids, cfg, **kw).run()
 
 
-def _warm(pair: ModelPair, ids: list[int]) -> None:
+def warm_up(pair: ModelPair, ids: list[int]) -> None:
     """One short run of each path first: oneDNN builds its kernels on first use, which no side should pay."""
     cfg = GenConfig(max_new_tokens=4)
-    _ours(pair, "plain", ids, cfg)
+    run_strategy(pair, "plain", ids, cfg)
     if pair.draft is not None:
-        _ours(pair, "draft", ids, cfg)
+        run_strategy(pair, "draft", ids, cfg)
         hf_generate(pair, ids, 4, assistant_gamma=2)
     hf_generate(pair, ids, 4)
 
@@ -134,7 +132,7 @@ def check_baseline(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log:
         log(f"baseline: {name}")
         for first_ours in (True, False) if i % 2 == 0 else (False, True):
             if first_ours:
-                s = _ours(pair, "plain", ids, cfg)
+                s = run_strategy(pair, "plain", ids, cfg)
                 ours_s, out = ours_s + s.wall_s, s.output_ids
             else:
                 hf_ids, w = hf_generate(pair, ids, cfg.max_new_tokens)
@@ -161,7 +159,7 @@ def check_overhead(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, stra
         log(f"overhead: {name}")
         runs = {}
         for instrument in (True, False) if i % 2 == 0 else (False, True):
-            runs[instrument] = _ours(pair, strategy, ids, cfg, instrument=instrument)
+            runs[instrument] = run_strategy(pair, strategy, ids, cfg, instrument=instrument)
         on, off = on + runs[True].wall_s, off + runs[False].wall_s
         same &= runs[True].output_ids == runs[False].output_ids
     return TargetRow(
@@ -203,7 +201,7 @@ def check_assisted(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log:
         res: dict[str, tuple[list[int], float]] = {}
         for who in kinds if i % 2 == 0 else kinds[::-1]:
             if who == "ours":
-                s = _ours(pair, "draft", ids, cfg)
+                s = run_strategy(pair, "draft", ids, cfg)
                 res[who] = (s.output_ids, s.wall_s)
             else:
                 mods = stock if who == "stock" else None
@@ -246,8 +244,6 @@ WHOLE_ANSWERS = 256  # new tokens that let every edit-suite answer finish (the l
 def check_speedups(pair: ModelPair, cfg: GenConfig, limit: int, ngram_gamma: int, log: Log) -> list[TargetRow]:
     """Draft on the code suite (>= 1.5x) and prompt lookup on the edit suite (>= 2x), each against plain; prompt
     lookup also on whole edit answers (up to WHOLE_ANSWERS tokens), whose copying runs past the first 64 tokens."""
-    from specviz.bench.suite import aggregate, bench_rows
-
     rows = []
     runs = [
         ("code", "draft", 1.5, cfg.gamma, cfg.max_new_tokens),
@@ -273,245 +269,6 @@ def check_speedups(pair: ModelPair, cfg: GenConfig, limit: int, ngram_gamma: int
             )
         )
     return rows
-
-
-def _probe(preset: str) -> None:
-    """Run in a child process: load the pair, generate 8 tokens, print load time and memory as one JSON line."""
-    import resource
-
-    t0 = time.perf_counter()
-    pair = load_pair(preset)
-    load_s = time.perf_counter() - t0
-    ready_at = time.time()  # wall clock: the parent compares it with when it started this process
-    rss_loaded, file_loaded = _rss_gb(), _rss_gb("RssFile")
-    _ours(
-        pair,
-        "draft" if pair.draft is not None else "plain",
-        pair.codec.encode("def add(a, b):"),
-        GenConfig(max_new_tokens=8),
-    )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    print(
-        json.dumps(
-            {
-                "load_s": load_s,
-                "ready_at": ready_at,
-                "rss_loaded_gb": rss_loaded,
-                "rss_after_gen_gb": _rss_gb(),
-                "peak_gb": peak,
-                "file_loaded_gb": file_loaded,
-                # a cold start's cache build, per model and stage (assemble, metadata, tokenizer, dequantise, write)
-                "builds": {r: pair.info[r].get("build_stages") for r in ("target", "draft") if r in pair.info},
-            }
-        )
-    )
-
-
-def _rss_gb(field: str = "VmRSS") -> float:
-    """Resident GiB from /proc/self/status: VmRSS (all), RssAnon (process memory), RssFile (mapped file pages)."""
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-    return kb / 2**20
-
-
-def _child(preset: str, env: dict[str, str]) -> tuple[dict[str, Any], float]:
-    """(probe's JSON, seconds from starting the process to a ready pair: interpreter, imports and load_pair; the
-    short generation after it, there for peak memory, is not counted)."""
-    t0 = time.time()
-    code = f"from specviz.targets import _probe; _probe({preset!r})"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False, cwd=PACKAGE_DIR.parent)
-    if out.returncode != 0:
-        raise RuntimeError(f"start-up probe failed: {out.stderr.strip()[-800:]}")
-    probe = json.loads(out.stdout.strip().splitlines()[-1])
-    return probe, probe["ready_at"] - t0
-
-
-def check_startup(preset: str, cold: bool, log: Log) -> list[TargetRow]:
-    """Warm start (from the cache) and, with cold=True, a cold start into an empty cache (assemble, verify,
-    dequantise, write, build the kernel), each in a fresh Python process; peak memory of the loaded pair after a short
-    generation. After a cold start the warm start reads the cache it just built, as a user's second start would."""
-    with tempfile.TemporaryDirectory(prefix="specviz-cold-") as tmp:
-        env = {**os.environ}
-        rows = []
-        if cold:
-            log("startup: cold start into an empty cache (minutes)")
-            # nothing cached: neither the models nor our compiled kernel
-            env.update(SPECVIZ_CACHE=tmp, TORCH_EXTENSIONS_DIR=f"{tmp}/kernels")
-            probe, wall = _child(preset, env)
-            rows.append(
-                TargetRow(
-                    "6 cold start",
-                    "seconds to a ready pair, empty cache",
-                    wall,
-                    "<=",
-                    150,
-                    f"load_pair {probe['load_s']:.1f} s; cache builds: {_stages(probe.get('builds', {}))}",
-                )
-            )
-        log("startup: warm start")
-        probe, wall = _child(preset, env)
-    where = "the cache the cold start built" if cold else "cached"
-    rows.append(
-        TargetRow(
-            "6 warm start", f"seconds to a ready pair, {where}", wall, "<=", 20, f"load_pair {probe['load_s']:.1f} s"
-        )
-    )
-    rows.append(
-        TargetRow(
-            "6 memory",
-            "peak resident GiB, pair loaded + one generation",
-            probe["peak_gb"],
-            "<=",
-            11,
-            f"resident after load {probe['rss_loaded_gb']:.2f} GiB (of it mapped file pages "
-            f"{probe['file_loaded_gb']:.2f}), after generating {probe['rss_after_gen_gb']:.2f} GiB",
-        )
-    )
-    return rows
-
-
-def _stages(builds: dict[str, Any]) -> str:
-    """'target 40 s (assemble 5, dequantise 20, ...), draft ...' from a cold probe's build stages."""
-    parts = []
-    for role, stages in builds.items():
-        if stages:
-            each = ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in stages.items())
-            parts.append(f"{role} {sum(stages.values()):.0f} s ({each})")
-    return "; ".join(parts) or "none"
-
-
-def check_gpu(report: dict[str, Any]) -> list[TargetRow]:
-    """The GPU rows from gpu_bench.gpu_report(): targets 5 (plain ms per token, against HF's static cache), 1 and 2
-    on the GPU, and HF assisted generation there; random weights of the embedded pair's shapes."""
-    rows: list[TargetRow] = []
-    where = f"{report['device']}, random weights of the pair's shapes, {report.get('load', {}).get('dtype')}"
-    plain = report.get("plain", {})
-    if "ms_per_token" not in plain:
-        return [TargetRow("5 GPU plain decoding", f"not measured: {plain}", float("nan"), "<=", 3.0, where)]
-    ours = plain["ms_per_token"]
-    rows.append(TargetRow("5 GPU plain decoding", "specviz plain, ms per token", ours, "<=", 3.0, where))
-    hf_static = [(k, report[k]) for k in ("hf_static_compiled", "hf_static") if "ms_per_token" in report.get(k, {})]
-    if hf_static:
-        name, best = min(hf_static, key=lambda kv: kv[1]["ms_per_token"])
-        rows.append(
-            TargetRow(
-                "5 GPU vs HF static cache",
-                f"specviz plain / HF generate with a static cache{' compiled' if 'compiled' in name else ''} (ms per "
-                "token, the faster HF variant)",
-                ours / best["ms_per_token"],
-                "<",
-                1.0,
-                f"{ours:.2f} vs {best['ms_per_token']:.2f} ms per token; same tokens as HF for the first "
-                f"{best['agree_first']} of {report['setup']['tokens']} (bf16, two implementations)",
-            )
-        )
-    if "total_s" in report.get("hf_dynamic", {}):
-        hf = report["hf_dynamic"]
-        rows.append(
-            TargetRow(
-                "1 fair baseline (GPU)",
-                "specviz plain / HF generate (time)",
-                plain["total_s"] / hf["total_s"],
-                "<=",
-                1.05,
-                f"{plain['total_s']:.3f} s vs {hf['total_s']:.3f} s, {report['setup']['tokens']} tokens; same tokens "
-                f"as HF for the first {hf['agree_first']} (bf16, two implementations)",
-            )
-        )
-    if "ratio" in report.get("overhead", {}):
-        o = report["overhead"]
-        rows.append(
-            TargetRow(
-                "2 instrumentation (GPU)",
-                "draft events on / events off (time)",
-                o["ratio"],
-                "<=",
-                1.05,
-                f"{o['on_s']:.3f} s vs {o['off_s']:.3f} s",
-                o["identical"],
-            )
-        )
-    if "ratio" in report.get("assisted", {}):
-        a = report["assisted"]
-        rows.append(
-            TargetRow(
-                "3 vs HF assisted (GPU)",
-                "HF assisted time / specviz draft time (random weights: nothing accepted on either side)",
-                a["ratio"],
-                ">=",
-                1.1,
-                f"{a['hf_assisted_s']:.3f} s vs {a['ours_draft_s']:.3f} s, {a['tokens']} tokens",
-            )
-        )
-    st = {k: v for k, v in report.get("strategies", {}).items() if isinstance(v, dict) and "identical" in v}
-    if st:
-        differ = [k for k, v in st.items() if not v["identical"]]
-        rows.append(
-            TargetRow(
-                "lossless (GPU)",
-                "strategies whose greedy output is plain's, of those run (bf16)",
-                (len(st) - len(differ)) / len(st),
-                ">=",
-                1.0,
-                f"{len(st) - len(differ)} of {len(st)}" + (f"; differ: {', '.join(differ)}" if differ else ""),
-            )
-        )
-    return rows
-
-
-def format_gpu_details(report: dict[str, Any]) -> str:
-    """Pass costs and each strategy's measured time per step on the GPU (random weights), as markdown."""
-    lines = [f"GPU details: {report['device']}, torch {report['torch']}, transformers {report['transformers']}"]
-    p = report.get("passes", {})
-    if "target_1_ms" in p:
-        lines += [
-            "",
-            "| pass | ms |",
-            "|---|---|",
-            *(f"| {k.removesuffix('_ms')} | {v:.3f} |" for k, v in p.items() if k.endswith("_ms")),
-            f"| c (draft / target, one token) | {p['c_draft']:.2f} |",
-            f"| c (layer skip / target) | {p['c_layerskip']:.2f} |",
-        ]
-    st = report.get("strategies", {})
-    if "error" in st or "skipped" in st:
-        lines.append(f"\nstrategies: {st}")
-    elif st:
-        lines += [
-            "",
-            "| strategy | ms per step | tokens per step | speedup (random weights) | identical |",
-            "|---|---|---|---|---|",
-        ]
-        for name, r in st.items():
-            if "error" in r:
-                lines.append(f"| {name} | error: {r['error']} | | | |")
-            else:
-                lines.append(
-                    f"| {name} | {r['ms_per_step']:.2f} | {r['tokens_per_step']:.2f} | "
-                    f"{r['speedup_random_weights']:.2f} | {r['identical']} |"
-                )
-    names = {
-        "plain": f"specviz ({report.get('load', {}).get('linear')})",
-        "graphs_only": "specviz, CUDA graphs without torch.compile",
-        "unpadded": "specviz, graphs without compile, passes not padded",
-        "hf_dynamic": "HF generate, dynamic cache",
-        "hf_static": "HF generate, static cache",
-        "hf_static_compiled": "HF generate, static cache, compiled",
-    }
-    lines += ["", "| plain decoding | ms per token | one-token pass, ms | first call, s |", "|---|---|---|---|"]
-    for k, label in names.items():
-        r = report.get(k)
-        if r is None:
-            continue
-        if "ms_per_token" not in r:
-            lines.append(f"| {label} | {r} | | |")
-            continue
-        pass_ms = r.get("pass_1_ms", p.get("target_1_ms") if k == "plain" else None)
-        first = r.get("first_call_s")
-        lines.append(
-            f"| {label} | {r['ms_per_token']:.2f} | {'' if pass_ms is None else f'{pass_ms:.2f}'} | "
-            f"{'' if first is None else f'{first:.1f}'} |"
-        )
-    return "\n".join(lines)
 
 
 def format_targets(rows: Sequence[TargetRow]) -> str:

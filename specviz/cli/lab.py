@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TextIO
 
+from specviz.bench.tables import format_rows
 from specviz.core.config import ConfigError, parse_numbers
 from specviz.core.presets import suite_prompts
 
@@ -31,22 +32,6 @@ def add_parser(sub: Any, gen_args: Callable[[argparse.ArgumentParser], None]) ->
     p.add_argument("--confidence", type=float, default=0.5, help="replay: the confidence stop's threshold")
     p.add_argument("--ms", default="1,2,4,8", help="batch: numbers of drafts per step")
     gen_args(p)
-
-
-def format_rows(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
-    """A Markdown table of the chosen columns (floats with 3 significant decimals)."""
-
-    def cell(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3f}"
-        return str(v)
-
-    cells = [[cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    return "\n".join([line(list(cols)), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
 
 
 def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:

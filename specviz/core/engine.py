@@ -1,24 +1,22 @@
-"""The speculative loop (propose, verify in one target pass, roll caches back, tell the proposer) and plain decoding
-through the same path; it yields one StepEvent per verification step. The engine knows nothing about tokenization
-beyond a `piece` callback for token text."""
+"""The speculative loop, plain decoding through the same path: each step 1 proposes, 2 scores the context's last token
+and the proposal in ONE target pass, 3 lets the rule decide, 4 rolls the cache back to what was kept, 5 tells the
+proposer, 6 yields a StepEvent. The engine knows nothing about tokenization beyond a `piece` callback for token text."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from specviz.core import relaxed
 from specviz.core.config import ConfigError, GenConfig
 from specviz.core.events import RunSummary, StepEvent, TokenEvent
 from specviz.core.metrics import summarize
 from specviz.core.model import LanguageModel
 from specviz.core.proposal import NoProposer, Outcome, Proposal, Proposer
-from specviz.core.sampling import Sampler, at_least_fp32, residual, tv_distance
+from specviz.core.sampling import Sampler, at_least_fp32
+from specviz.core.token_events import MultiCheck, TokenLabeller
 from specviz.core.verify import (
-    MultiVerdict,
     Verdict,
     greedy_verify,
     multi_draft_verify,
@@ -27,22 +25,6 @@ from specviz.core.verify import (
 )
 
 Hook = Callable[[StepEvent], None]
-
-
-@dataclass(frozen=True)
-class _Multi:
-    """One multi-draft verification: the M candidates, the rule's result, the kept candidate as a one-draft proposal,
-    the kept row's logits (k+1, V), and p over every row (M, k+1, V) or None."""
-
-    prop: Proposal
-    result: MultiVerdict
-    chosen: Proposal
-    logits: torch.Tensor
-    p_all: torch.Tensor | None
-
-    @property
-    def p(self) -> torch.Tensor | None:
-        return self.p_all[self.result.row] if self.p_all is not None else None
 
 
 class SpecRun:
@@ -74,11 +56,16 @@ class SpecRun:
         self.proposer = proposer or NoProposer()
         self.prompt = list(prompt_ids)
         self.eos = frozenset(eos_ids)
-        self.piece = piece or (lambda prev, tok: str(tok))
         self.hooks = list(hooks)
         self.instrument = instrument
         self.should_stop = should_stop or (lambda: False)
-        self.detail_top = detail_top if instrument else 0
+        self.labeller = TokenLabeller(
+            piece or (lambda prev, tok: str(tok)),
+            instrument,
+            detail_top if instrument else 0,
+            self.cfg.relax,
+            self.cfg.relax_family,
+        )
         self.steps: list[StepEvent] = []
         self.summary: RunSummary | None = None
 
@@ -103,10 +90,11 @@ class SpecRun:
             if self.should_stop():
                 stop_reason = "stopped"
                 break
+            # 1. propose: never past the token budget (n accepted + the target's token must fit)
             t_draft = time.perf_counter()
             gamma = self.proposer.next_gamma()
-            # never draft past the token budget: n accepted + 1 target token must fit
             prop = self.proposer.propose(ctx, cfg.max_new_tokens - len(out) - 1, sampler)
+            # 2 and 3. score [last] + drafts in ONE target pass, then the rule decides what survives
             t_verify = time.perf_counter()
             multi, n_drafted = None, len(prop.ids)
             if prop.candidates is not None:  # several drafts: verify them all, then go on with the one kept
@@ -121,22 +109,20 @@ class SpecRun:
             if hit_eos is not None:  # nothing after an EOS is emitted, even inside an accepted draft
                 emitted = emitted[: hit_eos + 1]
                 stop_reason = "eos"
-            self.target.crop(len(ctx) + min(n, len(emitted)))  # ctx[-1] and the kept drafts stay cached
-            if multi is not None:
-                tokens = self._multi_token_events(ctx, multi, emitted)
-                detail = self._multi_detail(ctx, multi, tokens) if self.detail_top and p is not None else None
-            else:
-                tokens = self._token_events(ctx, prop, verdict, emitted, p)
-                detail = self._detail(ctx, prop, tokens, p) if self.detail_top and p is not None else None
+            # 4. roll back: ctx[-1] and the kept drafts stay cached
+            self.target.crop(len(ctx) + min(n, len(emitted)))
+            tokens, detail = self._label(ctx, prop, verdict, multi, emitted, p)
             t_end = time.perf_counter()
             n_kept = sum(t.origin == "accepted" for t in tokens)
             ctx += emitted
             out += emitted
+            # 5. tell the proposer how its guesses fared (helper heads also get the pass's hidden states)
             hidden = self.target.last_hidden if self.proposer.wants_hidden and multi is None else None
             if hidden is not None and first is not None:  # step 0: the prompt pass's last row, then the drafts'
                 hidden = torch.cat([first_hidden, hidden]) if prop.ids else first_hidden
             first = None
             self.proposer.update(Outcome(k, n_kept, len(ctx), logits, hidden))
+            # 6. the step's event, to the hooks and the caller
             drafted_total += n_drafted
             accepted_total += n_kept
             done = hit_eos is not None or len(out) >= cfg.max_new_tokens
@@ -175,6 +161,23 @@ class SpecRun:
             output_ids=out,
         )
 
+    def _label(
+        self,
+        ctx: list[int],
+        prop: Proposal,
+        verdict: Verdict,
+        multi: MultiCheck | None,
+        emitted: list[int],
+        p: torch.Tensor | None,
+    ) -> tuple[list[TokenEvent], dict | None]:
+        """The step's token events and, when asked for, the detail panel (token_events.py does the labelling)."""
+        want_detail = bool(self.labeller.detail_top) and p is not None
+        if multi is not None:
+            tokens = self.labeller.multi(ctx, multi, emitted)
+            return tokens, self.labeller.multi_detail(ctx, multi, tokens) if want_detail else None
+        tokens = self.labeller.chain(ctx, prop, verdict, emitted, p)
+        return tokens, self.labeller.detail(ctx, prop, tokens, p) if want_detail and p is not None else None
+
     def run(self) -> RunSummary:
         """Consume the whole run; return its summary."""
         for _ in self:
@@ -194,7 +197,7 @@ class SpecRun:
             logits = torch.cat([given, self.target.forward(prop.ids)]) if prop.ids else given
         logits = at_least_fp32(logits)  # (k+1, V)
         draft = prop.tensor.to(logits.device)  # (k,)
-        need_p = not sampler.greedy or (self.instrument and (bool(prop.ids) or self.detail_top > 0))
+        need_p = not sampler.greedy or (self.instrument and (bool(prop.ids) or self.labeller.detail_top > 0))
         p = sampler.probs(logits) if need_p else None  # (k+1, V)
         if sampler.greedy:
             return logits, greedy_verify(draft, logits), p
@@ -202,79 +205,7 @@ class SpecRun:
         # relax = 0 (the default) is speculative_verify itself: the lossless rule, same random draws
         return logits, relaxed_verify(draft, p, q, sampler, self.cfg.relax, self.cfg.relax_family), p
 
-    def _token_events(
-        self, ctx: list[int], prop: Proposal, verdict: Verdict, emitted: list[int], p: torch.Tensor | None
-    ) -> list[TokenEvent]:
-        """Label every drafted token and the target's token; with instrumentation, attach p, q, min(1, p/q), TV."""
-        k, n = len(prop.ids), verdict.n_accepted
-        kept = min(n, len(emitted))  # an EOS inside the draft cuts the accepted run short
-        final = [(emitted[-1], verdict.origin)] if len(emitted) > kept else []  # none when that EOS ended the run
-        rej = int(k > n and bool(final))
-        origins = ["accepted"] * kept + ["rejected"] * rej + ["not_reached"] * (k - kept - rej)
-        stats: list[list[float]] = []
-        if self.instrument and p is not None:
-            stats = self._stats(prop, p, kept, emitted[-1] if final else None)
-        relax = self._relaxed(prop, p) if stats and k and self.cfg.relax > 0 else None
-        events, prev = [], list(ctx)
-        for i, (tok, origin) in enumerate(list(zip(prop.ids, origins)) + final):
-            px = qx = ratio = tv = drift = reject = None
-            if stats:
-                px, qx = stats[0][i], stats[1][i] if stats[1][i] >= 0 else None
-                if i < k:
-                    ratio, tv = min(1.0, px / qx) if qx else 0.0, stats[2][i]
-                    if relax:
-                        ratio, drift, reject = relax[0][i], relax[1][i], relax[2][i]
-            text = self.piece(prev, tok) if self.instrument else ""
-            pos = i if i < k else kept  # the target's token stands where the first rejection (or the end) was
-            events.append(TokenEvent(tok, text, origin, pos, px, qx, ratio, tv, drift, reject))  # type: ignore[arg-type]
-            if origin == "accepted":
-                prev.append(tok)
-        return events
-
-    def _detail(self, ctx: list[int], prop: Proposal, tokens: list[TokenEvent], p: torch.Tensor) -> dict:
-        """Top tokens of p and q, and the residual max(0, p - q) normalised, where the target spoke this step."""
-        kept = sum(t.origin == "accepted" for t in tokens)
-        k = len(prop.ids)
-        p_row = p[kept]  # (V,)
-        q_row = None
-        if kept < k:
-            q_row = (
-                prop.q[kept].to(p.device)
-                if prop.q is not None
-                else torch.nn.functional.one_hot(torch.tensor(prop.ids[kept], device=p.device), p.shape[-1]).to(p.dtype)
-            )
-        rejected = any(t.origin == "rejected" for t in tokens)
-        res = residual(p_row, q_row) if rejected and q_row is not None else None
-        score = p_row if q_row is None else torch.maximum(p_row, q_row)
-        top = torch.topk(score, min(self.detail_top, score.shape[-1])).indices  # (N,)
-        # the rejected guess and the target's own token always appear, even outside the top N
-        must = [t.id for t in tokens if t.origin in ("rejected", "resampled", "bonus")]
-        extra = [m for m in must if m not in top.tolist()]
-        if extra:
-            top = torch.cat([top, torch.tensor(extra, device=top.device)])
-        prev = ctx + prop.ids[:kept]
-        return {
-            "position": kept,
-            "token_ids": top.tolist(),
-            "tokens": [self.piece(prev, int(t)) for t in top.tolist()],
-            "p": p_row[top].tolist(),
-            "q": q_row[top].tolist() if q_row is not None else None,
-            "residual": res[top].tolist() if res is not None else None,
-        }
-
-    def _relaxed(self, prop: Proposal, p: torch.Tensor) -> list[list[float]]:
-        """Relaxed rule only, per draft position: a(x) of the drafted x, the exact drift TV(the rule's output, p) and
-        the exact rejection probability."""
-        k = len(prop.ids)
-        draft = prop.tensor.to(p.device)  # (k,)
-        q = prop.q if prop.q is not None else torch.nn.functional.one_hot(draft, p.shape[-1])
-        q = q.to(p.device, p.dtype)  # (k, V)
-        lam, family = self.cfg.relax, self.cfg.relax_family
-        accept = relaxed.acceptance(p[:k], q, lam, family)[torch.arange(k, device=p.device), draft]
-        rows = [accept, relaxed.drift(p[:k], q, lam, family), relaxed.rejection_prob(p[:k], q, lam, family)]
-        return torch.stack(rows).tolist()
-
-    def _verify_multi(self, last: int, prop: Proposal, sampler: Sampler, given: torch.Tensor | None = None) -> _Multi:
+    def _verify_multi(self, last: int, prop: Proposal, sampler: Sampler, given: torch.Tensor | None = None) -> MultiCheck:
         """Several drafts: ONE batched target pass over M rows of [last] + candidate, the multi-draft rule, then only
         the kept row's cache stays (the caller crops it as for one draft). `given` as for _verify."""
         cands = prop.candidates or []
@@ -290,87 +221,7 @@ class SpecRun:
         res = multi_greedy_verify(ids, logits) if sampler.greedy else multi_draft_verify(ids, p, q, sampler)
         self.target.select_row(res.row)
         chosen = Proposal(list(cands[res.row]), q[res.row] if q is not None else None)
-        return _Multi(prop, res, chosen, logits[res.row], p)
-
-    def _multi_token_events(self, ctx: list[int], mv: _Multi, emitted: list[int]) -> list[TokenEvent]:
-        """Several drafts: every try in the order made (accepted, or rejected), the kept candidate's unchecked tail
-        (not_reached), then the target's token. Under sampling a try's accept_prob and tv are the rule's own at that
-        try: min(1, p'(x)/q(x)) and TV(p', q), p' being p after the rejections before it (so TV sums to the expected
-        rejected tries); under greedy they are from p, for display, as with one draft."""
-        res, verdict, chosen = mv.result, mv.result.verdict, mv.chosen
-        n, k = verdict.n_accepted, len(chosen.ids)
-        kept = min(n, len(emitted))  # an EOS inside the accepted run cuts it short: later tries are not shown
-        final = len(emitted) > kept
-        tries = [t for t in res.tries if final or t.position < kept]
-        rows = [(t.row, t.position, t.token, "accepted" if t.accepted else "rejected") for t in tries]
-        rows += [(res.row, i, chosen.ids[i], "not_reached") for i in range(n + 1 if final else kept, k)]
-        if final:
-            rows.append((res.row, n, emitted[-1], verdict.origin))
-        stats: list[list[float]] = []
-        if self.instrument and mv.p_all is not None:
-            dev = mv.p_all.device
-            r, i, x = (torch.tensor(c, device=dev) for c in list(zip(*rows))[:3])
-            ic = i.clamp_max(k - 1)
-            has_q = i < k  # a bonus token has no draft distribution
-            px = mv.p_all[r, i, x]  # (E,)
-            if mv.prop.candidate_q is not None:
-                q = mv.prop.candidate_q.to(dev, px.dtype)
-                qx = torch.where(has_q, q[r, ic, x], -torch.ones_like(px))
-                tv = torch.where(has_q, tv_distance(mv.p_all[r, ic], q[r, ic]), torch.zeros_like(px))
-            else:  # q = one-hot on each guess
-                qx = torch.where(has_q, torch.ones_like(px), -torch.ones_like(px))
-                tv = torch.where(has_q, 1 - px, torch.zeros_like(px))
-            stats = torch.stack([px, qx, tv]).tolist()
-        events, prev = [], list(ctx)
-        for e, (_, pos, tok, origin) in enumerate(rows):
-            px = qx = ratio = tv = None
-            if stats:
-                px, qx = stats[0][e], stats[1][e] if stats[1][e] >= 0 else None
-                if origin in ("accepted", "rejected", "not_reached"):
-                    ratio, tv = min(1.0, px / qx) if qx else 0.0, stats[2][e]
-                if e < len(tries) and tries[e].accept_prob is not None:
-                    ratio, tv = tries[e].accept_prob, tries[e].tv
-            text = self.piece(prev, tok) if self.instrument else ""
-            events.append(
-                TokenEvent(id=tok, text=text, origin=origin, draft_pos=pos, p=px, q=qx, accept_prob=ratio, tv=tv)  # type: ignore[arg-type]
-            )
-            if origin == "accepted":
-                prev.append(tok)
-        return events
-
-    def _multi_detail(self, ctx: list[int], mv: _Multi, tokens: list[TokenEvent]) -> dict:
-        """_detail at the position where the target spoke, with the tokens tried there; the residual shown is the one
-        the correction was drawn from (after every rejection at that position)."""
-        kept = sum(t.origin == "accepted" for t in tokens)
-        here = [t for t in tokens if t.origin == "accepted" or t.draft_pos == kept]
-        assert mv.p is not None
-        detail = self._detail(ctx, mv.chosen, here, mv.p)
-        if mv.result.residual is not None and detail["residual"] is not None:
-            detail["residual"] = mv.result.residual[detail["token_ids"]].tolist()
-        return detail
-
-    @staticmethod
-    def _stats(prop: Proposal, p: torch.Tensor, kept: int, final: int | None) -> list[list[float]]:
-        """p(x), q(x) and TV(p, q) per drafted position, then p and q of the final token; one host sync."""
-        k = len(prop.ids)
-        ids = prop.ids + ([final] if final is not None else [])
-        rows = torch.arange(len(ids), device=p.device)
-        rows[k:] = kept
-        toks = torch.tensor(ids, device=p.device)
-        px = p[rows, toks]  # (k[+1],)
-        if prop.q is not None:
-            q = prop.q.to(p.device)
-            has_q = rows < k  # the final token has a draft probability only where the draft proposed at its position
-            qx = torch.where(
-                has_q, q[rows.clamp_max(max(k - 1, 0)), toks] if k else -torch.ones_like(px), -torch.ones_like(px)
-            )
-            tv = tv_distance(p[:k], q)
-        else:  # q = one-hot on each guess: q(x) = 1 and TV = 1 - p(x)
-            qx = torch.where(torch.arange(len(ids), device=p.device) < k, torch.ones_like(px), -torch.ones_like(px))
-            tv = 1 - px[:k]
-        tv = torch.cat([tv, torch.zeros(len(ids) - k, device=p.device)])
-        return torch.stack([px, qx, tv]).tolist()
-
+        return MultiCheck(prop, res, chosen, logits[res.row], p)
 
 def run(target: LanguageModel, proposer: Proposer | None, prompt_ids: Sequence[int], cfg: GenConfig, **kw) -> SpecRun:
     """Build a run; iterate it for StepEvents (or call .run() for the summary)."""

@@ -72,3 +72,13 @@ class Sampler:
 
     def uniform(self, n: int, device: torch.device | str) -> torch.Tensor:
         return torch.rand(n, generator=self.generator, device=device)
+
+
+def draft_probs(q: torch.Tensor | None, draft: torch.Tensor, vocab: int, dtype: torch.dtype) -> torch.Tensor:
+    """The draft distribution q of drafted tokens `draft` (any shape S): the proposer's own q (S, V) when it gave one;
+    for a proposer with no probabilities (prompt lookup, random guess) a one-hot on each guess, so that the lossless
+    rule becomes "keep the guess with probability p(x)". This is the one place where that one-hot is built; code that
+    needs only q(x) of the guess itself uses q(x) = 1 directly."""
+    if q is not None:
+        return q
+    return torch.nn.functional.one_hot(draft, vocab).to(dtype)

@@ -3,7 +3,8 @@
 Convention, fixed once for the whole project (the paper's names, Leviathan et al. 2023):
     p = the TARGET model's next-token distribution (the one output must follow),
     q = the DRAFT's distribution (the guesser's).
-A proposer with no probabilities (n-gram lookup, random guess) is treated as q = one-hot on its guess.
+A proposer with no probabilities (n-gram lookup, random guess) is treated as q = one-hot on its guess
+(sampling.draft_probs).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from specviz.core import relaxed
-from specviz.core.sampling import Sampler, residual, sample, tv_distance
+from specviz.core.sampling import Sampler, draft_probs, residual, sample, tv_distance
 
 
 @dataclass(frozen=True)
@@ -56,20 +57,20 @@ def speculative_verify(draft: torch.Tensor, p: torch.Tensor, q: torch.Tensor | N
         n = rejected.index(True) if True in rejected else k
     if n == k:
         return Verdict(k, int(sample(p[k], sampler.generator)), "bonus")
-    q_n = q[n] if q is not None else torch.nn.functional.one_hot(draft[n], p.shape[-1]).to(p.dtype)
+    q_n = draft_probs(q[n] if q is not None else None, draft[n], p.shape[-1], p.dtype)
     return Verdict(n, int(sample(residual(p[n], q_n), sampler.generator)), "resampled")
 
 
 def relaxed_verify(
     draft: torch.Tensor, p: torch.Tensor, q: torch.Tensor | None, sampler: Sampler, lam: float, family: str = "linear"
 ) -> Verdict:
-    """The relaxed rule of specviz/lab/relaxed.py: accept x with probability a_lam(x), at the first rejection draw from
+    """The relaxed rule of specviz/core/relaxed.py: accept x with probability a_lam(x), at the first rejection draw from
     the family's correction, a bonus token from p if all pass. lam = 0 IS speculative_verify (same random draws).
     draft (k,), p (k+1, V), q (k, V) or None (one-hot on each guess)."""
     if lam == 0:
         return speculative_verify(draft, p, q, sampler)
     k = draft.shape[0]
-    rows = (q if q is not None else torch.nn.functional.one_hot(draft, p.shape[-1])).to(p.dtype)  # (k, V)
+    rows = draft_probs(q, draft, p.shape[-1], p.dtype).to(p.dtype)  # (k, V)
     n = k
     if k:
         u = sampler.uniform(k, p.device)  # k draws, as the lossless rule takes
@@ -141,7 +142,7 @@ def multi_draft_verify(cands: torch.Tensor, p: torch.Tensor, q: torch.Tensor | N
         hit = None
         for j in alive:
             x = toks[j][i]
-            q_j = q[j, i] if q is not None else torch.nn.functional.one_hot(cands[j, i], p.shape[-1]).to(p.dtype)
+            q_j = draft_probs(q[j, i] if q is not None else None, cands[j, i], p.shape[-1], p.dtype)
             ratio = float(p_cur[x]) / max(float(q_j[x]), torch.finfo(q_j.dtype).tiny)
             tv = float(tv_distance(p_cur, q_j))
             ok = float(sampler.uniform(1, p.device)) < ratio
