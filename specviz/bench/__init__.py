@@ -1,0 +1,1 @@
+"""Benchmarks: the strategy bench over prompt suites, its tables, the speed targets, and the GPU and kernel benches."""

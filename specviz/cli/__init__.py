@@ -1,0 +1,1 @@
+"""The command line (`specviz` or `python -m specviz`): one module per command, parsed in main.py."""
