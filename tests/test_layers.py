@@ -160,3 +160,18 @@ def test_imports_inside_functions_and_relative_imports_count(tmp_path):
     src.write_text("def f():\n    from specviz.ui import render\n    from . import sibling\n")
     got = imports("specviz.core.mod", src, {"specviz.ui.render", "specviz.ui", "specviz.core.sibling"})
     assert got == {"specviz.ui.render", "specviz.core.sibling"}
+
+
+def test_both_model_wrappers_satisfy_the_cores_model_protocol():
+    """The engine and the proposers see models only through core.model.LanguageModel; LM and StaticLM both give it."""
+    import torch
+
+    from specviz.backends.lm import LM
+    from specviz.backends.static_lm import StaticLM
+    from specviz.backends.tiny import tiny_model
+    from specviz.core.model import LanguageModel
+
+    model = tiny_model(16, seed=0, dtype=torch.float32)
+    for wrapped in (LM(model, "lm"), StaticLM(model, "static", context=64, pad=4)):
+        assert isinstance(wrapped, LanguageModel), type(wrapped).__name__
+        assert isinstance(wrapped.with_layers([0]), LanguageModel)

@@ -33,6 +33,7 @@ from specviz.backends.weights import (
     trim,
 )
 from specviz.core.config import ConfigError
+from specviz.core.model import LanguageModel
 from specviz.core.presets import model_preset
 from specviz.core.progress import Progress
 
@@ -42,8 +43,8 @@ class ModelPair:
     """What a preset loads: a target, an optional draft model, one codec, and how they were loaded."""
 
     preset: str
-    target: LM
-    draft: LM | None
+    target: LanguageModel
+    draft: LanguageModel | None
     codec: Codec
     device: torch.device
     dtype: torch.dtype
@@ -69,92 +70,102 @@ def load_pair(
     """Load a preset's target and draft (fast=False: as transformers loads them, without our CPU fast paths). Errors
     the user can fix are ConfigError with a clear message."""
     spec = spec or model_preset(preset)
-    progress = progress or (lambda f, m: None)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype or spec.get("dtype"))
     t0 = time.perf_counter()
     info: dict[str, Any] = {"preset": preset, "device": str(dev), "dtype": str(dt).replace("torch.", "")}
     if spec.get("heads"):
         info["heads_spec"] = dict(spec["heads"])
-    cpu_fast = fast and use_cpu_fast_path(dev, dt)
-    if cpu_fast:
+    place = _Placement(dev, dt, fast and use_cpu_fast_path(dev, dt), info, progress or (lambda f, m: None))
+    if place.cpu_fast:
         prebuild()
-
-    def finish(model: torch.nn.Module, role: str, folder: Path | None = None) -> torch.nn.Module:
-        """On the device, with the CPU fast path: done per model as it arrives, so packing the target overlaps
-        reading the draft's weights. folder: the model's embedded cache, where its packed weights are saved once."""
-        model = model.to(dev)
-        key = "linear" if role == "target" else "draft_linear"
-        cached = packed_dtype(model)
-        if cached is not None:  # read from the packed cache: nothing to pack
-            bf16 = cached == torch.bfloat16
-            info[key] = f"specviz packed kernel{', bf16 weights' if bf16 else ''} (from the packed cache)"
-        elif cpu_fast:
-            if role == "draft" and use_bf16_draft(dev, dt):
-                model, info[key] = draft_fast_path(model)
-            else:
-                model, info[key] = target_fast_path(model)
-            trim()
-            done = packed_dtype(model)
-            if folder is not None and done is not None and not packed_ok(packed_file(folder, done)):
-                progress(0.99, f"caching the {role}'s packed weights (once)")
-                if save_packed(model, folder) is not None:
-                    evict(sorted(folder.glob("*.safetensors")))  # later starts read the packed file instead
-        return model
-
-    wanted = {"target": torch.float32, "draft": torch.bfloat16 if use_bf16_draft(dev, dt) else torch.float32}
-
-    if spec["target"].get("source") == "random":
+    source = spec["target"].get("source")
+    if source == "random":
         target, draft, codec = tiny_pair(spec, dt)
-        target, draft = finish(target, "target"), (finish(draft, "draft") if draft is not None else None)
-    elif spec["target"].get("source") == "shapes":
-        target = finish(shapes_model(spec["target"], dt, dev), "target")
-        draft = finish(shapes_model(spec["draft"], dt, dev), "draft") if spec.get("draft") else None
+        target, draft = place.finish(target, "target"), (place.finish(draft, "draft") if draft is not None else None)
+    elif source == "shapes":
+        target = place.finish(shapes_model(spec["target"], dt, dev), "target")
+        draft = place.finish(shapes_model(spec["draft"], dt, dev), "draft") if spec.get("draft") else None
         codec = ByteCodec(target.config.vocab_size)
     else:
-        # read while transformers imports: the packed weights where cached, else the float32 ones
-        reader = CacheReader(
-            [cached_file(spec["target"], wanted["target"] if cpu_fast else None)]
-            + ([cached_file(spec["draft"], wanted["draft"] if cpu_fast else None)] if spec.get("draft") else [])
-        )
-        try:
-            target, tcodec, tinfo = load_one(
-                spec["target"], dt, spec.get("chat", True), _scaled(progress, 0.0, 0.7, "target"), reader=reader
-            )
-            info["target"] = tinfo
-            target = finish(target, "target", embedded_folder(tinfo))
-            draft = None
-            codec = tcodec
-            if spec.get("draft"):
-                draft, dcodec, dinfo = load_one(
-                    spec["draft"],
-                    dt,
-                    spec.get("chat", True),
-                    _scaled(progress, 0.7, 1.0, "draft"),
-                    share=tcodec,
-                    reader=reader,
-                )
-                info["draft"] = dinfo
-                shared = isinstance(dcodec, HFCodec) and isinstance(tcodec, HFCodec) and dcodec.tok is tcodec.tok
-                if not shared and dcodec.vocab_key() != tcodec.vocab_key():
-                    raise ConfigError(
-                        f"preset {preset!r}: the draft's tokenizer differs from the target's; speculative decoding "
-                        "needs one vocabulary for both"
-                    )
-                draft = finish(draft, "draft", embedded_folder(dinfo))
-        finally:
-            reader.stop()
+        target, draft, codec = _transformers_pair(preset, spec, place)
     wrap: Callable[[torch.nn.Module, str], Any] = LM
     if fast and dev.type == "cuda" and os.environ.get("SPECVIZ_GRAPHS", "1") != "0":
         wrap, info["linear"] = _gpu_fast_path(target)
     lms = [wrap(target, "target"), wrap(draft, "draft") if draft is not None else None]
     for lm in lms:  # compile and capture now, so that no visitor's timed run pays for it
         if lm is not None and hasattr(lm, "warm"):
-            progress(0.99, f"compiling the {lm.name}'s GPU pass")
+            place.progress(0.99, f"compiling the {lm.name}'s GPU pass")
             lm.warm()
     info["load_s"] = round(time.perf_counter() - t0, 2)
-    progress(1.0, "ready")
+    place.progress(1.0, "ready")
     return ModelPair(preset, lms[0], lms[1], codec, dev, dt, info)
+
+
+@dataclass
+class _Placement:
+    """Where the models of one load go (device, dtype, whether the CPU fast path packs them); `info` collects what
+    was used, `progress` hears about slow steps."""
+
+    dev: torch.device
+    dt: torch.dtype
+    cpu_fast: bool
+    info: dict[str, Any]
+    progress: Progress
+
+    def finish(self, model: torch.nn.Module, role: str, folder: Path | None = None) -> torch.nn.Module:
+        """On the device, with the CPU fast path: done per model as it arrives, so packing the target overlaps
+        reading the draft's weights. folder: the model's embedded cache, where its packed weights are saved once."""
+        model = model.to(self.dev)
+        key = "linear" if role == "target" else "draft_linear"
+        cached = packed_dtype(model)
+        if cached is not None:  # read from the packed cache: nothing to pack
+            bf16 = cached == torch.bfloat16
+            self.info[key] = f"specviz packed kernel{', bf16 weights' if bf16 else ''} (from the packed cache)"
+        elif self.cpu_fast:
+            if role == "draft" and use_bf16_draft(self.dev, self.dt):
+                model, self.info[key] = draft_fast_path(model)
+            else:
+                model, self.info[key] = target_fast_path(model)
+            trim()
+            done = packed_dtype(model)
+            if folder is not None and done is not None and not packed_ok(packed_file(folder, done)):
+                self.progress(0.99, f"caching the {role}'s packed weights (once)")
+                if save_packed(model, folder) is not None:
+                    evict(sorted(folder.glob("*.safetensors")))  # later starts read the packed file instead
+        return model
+
+
+def _transformers_pair(
+    preset: str, spec: dict[str, Any], place: _Placement
+) -> tuple[torch.nn.Module, torch.nn.Module | None, Codec]:
+    """An embedded or hub pair through transformers, each model finished as soon as it is built; cached weights are
+    read in the background meanwhile (the packed ones where cached, else the float32 ones)."""
+    bf16_draft = use_bf16_draft(place.dev, place.dt)
+    wanted = {"target": torch.float32, "draft": torch.bfloat16 if bf16_draft else torch.float32}
+    roles = ["target"] + (["draft"] if spec.get("draft") else [])
+    reader = CacheReader([cached_file(spec[r], wanted[r] if place.cpu_fast else None) for r in roles])
+    chat = spec.get("chat", True)
+    try:
+        target, tcodec, tinfo = load_one(
+            spec["target"], place.dt, chat, _scaled(place.progress, 0.0, 0.7, "target"), reader=reader
+        )
+        place.info["target"] = tinfo
+        target = place.finish(target, "target", embedded_folder(tinfo))
+        if not spec.get("draft"):
+            return target, None, tcodec
+        progress = _scaled(place.progress, 0.7, 1.0, "draft")
+        draft, dcodec, dinfo = load_one(spec["draft"], place.dt, chat, progress, share=tcodec, reader=reader)
+        place.info["draft"] = dinfo
+        shared = isinstance(dcodec, HFCodec) and isinstance(tcodec, HFCodec) and dcodec.tok is tcodec.tok
+        if not shared and dcodec.vocab_key() != tcodec.vocab_key():
+            raise ConfigError(
+                f"preset {preset!r}: the draft's tokenizer differs from the target's; speculative decoding "
+                "needs one vocabulary for both"
+            )
+        return target, place.finish(draft, "draft", embedded_folder(dinfo)), tcodec
+    finally:
+        reader.stop()
 
 
 def _gpu_fast_path(target: torch.nn.Module) -> tuple[Callable[[torch.nn.Module, str], Any], str]:
