@@ -1,11 +1,12 @@
 """The GPU fast path: StaticLM runs a Qwen2/Llama-style decoder with our own forward over a static KV cache and replays
 each few-token pass as one CUDA graph, so a decode step is one launch instead of about a thousand kernel launches.
 
-It satisfies core.model.LanguageModel, as backends.lm.LM does (forward, crop, reset, length, forward_rows, select_row,
-keep_hidden), and shares every weight with the transformers model it wraps. Passes of up to `pad` tokens run padded to exactly `pad` rows, at one attention
-window per run (reserve()): every such pass then runs the same kernels on the same shapes, so a token's logits do not
-depend on how many tokens were verified beside it, and speculative greedy output stays identical to plain greedy
-output in bf16 too. Longer passes (the prompt) run eagerly at their own length; both kinds of run share them.
+It satisfies core.model.LanguageModel, as backends.lm.LM does (forward, crop, reset, length, forward_rows,
+select_row, keep_hidden), and shares every weight with the transformers model it wraps. Passes of up to `pad` tokens
+run padded to exactly `pad` rows, at one attention window per run (reserve()): every such pass then runs the same
+kernels on the same shapes, so a token's logits do not depend on how many tokens were verified beside it, and
+speculative greedy output stays identical to plain greedy output in bf16 too. Longer passes (the prompt) run eagerly
+at their own length; both kinds of run share them.
 """
 
 from __future__ import annotations
