@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from specviz.backends.devices import pick_device
 from specviz.backends.loading import ModelPair, load_pair
-from specviz.core.config import RELAX_FAMILIES, ConfigError, GenConfig
-from specviz.core.presets import default_preset
+from specviz.core.config import RELAX_FAMILIES, ConfigError, GenConfig, check_prompt
+from specviz.core.presets import default_preset, model_preset
+from specviz.proposers import STRATEGIES
 
 
 def gen_args(p: argparse.ArgumentParser) -> None:
@@ -76,3 +80,30 @@ def load(args: argparse.Namespace) -> ModelPair:
             print(f"[{frac:4.0%}] {msg}", file=sys.stderr, flush=True)
 
     return load_pair(args.preset or default_preset(), device=args.device, progress=progress)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Mistakes in the flags, found before any model loads or bench runs: one ConfigError naming the flag."""
+    threads = getattr(args, "threads", None)
+    if threads is not None and not 1 <= threads <= 1024:
+        raise ConfigError(f"--threads must be between 1 and 1024, got {threads}")
+    if getattr(args, "limit", 0) < 0:
+        raise ConfigError(f"--limit must be 0 (every prompt) or more, got {args.limit}")
+    if getattr(args, "device", None) is not None:
+        pick_device(args.device)
+    save = getattr(args, "save", None)
+    if save:
+        folder = Path(save).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise ConfigError(f"--save {save}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK) or Path(save).is_dir():
+            raise ConfigError(f"--save {save}: cannot write a file there")
+    if getattr(args, "prompt", None) is not None:
+        check_prompt(args.prompt)
+    if getattr(args, "preset", None):
+        model_preset(args.preset)
+    strategy = getattr(args, "strategy", None)
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if getattr(args, "gamma", None) is not None:
+        config_from(args)  # every generation setting, with the message GenConfig gives

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from specviz.bench.tables import format_rows
+from specviz.cli.common import config_from, load
 from specviz.core.config import ConfigError, parse_numbers
+from specviz.core.events import trace_from_json
 from specviz.core.presets import suite_prompts
 
 PARTS = ("playground", "relaxed", "planner", "replay", "batch")
@@ -37,11 +39,14 @@ def add_parser(sub: Any, gen_args: Callable[[argparse.ArgumentParser], None]) ->
 def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     if args.part == "playground":
         return _playground(args, out)
-    from specviz.cli.common import config_from, load
-
     cfg = config_from(args)
+    # the lists and the trace are read before any model loads, so a mistake in them costs no load
+    lams = parse_numbers(args.lams, "--lams") if args.part == "relaxed" else []
+    ms = parse_numbers(args.ms, "--ms", int, 1) if args.part == "batch" else []
+    gammas = parse_numbers(args.gammas, "--gammas", int, 1) if args.part == "planner" else []  # replay: plain only
     if args.part == "replay" and args.trace:
-        return _replay_trace(args, out, cfg, load(args))
+        summary, meta = _read_trace(args.trace)
+        return _replay_trace(args, out, cfg, load(args), summary, meta)
     prompt = args.prompt or suite_prompts("code")[0][2]
     pair = load(args)
     ids = pair.codec.encode(prompt)
@@ -50,7 +55,7 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
         from specviz.lab.tradeoff import relaxed_sweep
 
         rows = relaxed_sweep(
-            pair, ids, cfg.with_(rule="sample"), parse_numbers(args.lams, "--lams"), args.families.split(","), progress=log
+            pair, ids, cfg.with_(rule="sample"), lams, args.families.split(","), progress=log
         )
         out.write(
             format_rows(
@@ -76,7 +81,7 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     if args.part == "batch":
         from specviz.lab.batch import batch_sweep
 
-        rows = batch_sweep(pair, ids, cfg, parse_numbers(args.ms, "--ms", int, 1))
+        rows = batch_sweep(pair, ids, cfg, ms)
         out.write(
             format_rows(
                 rows,
@@ -105,7 +110,6 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     c = costs.c
     out.write(f"draft ms per token: {costs.draft_ms}, c = {c}\n\n")
     greedy = cfg.with_(rule="greedy", relax=0.0)
-    gammas = parse_numbers(args.gammas, "--gammas", int, 1) if args.part == "planner" else []  # replay: the plain run only
     measured, plain = planner.measure_speedups(pair, ids, greedy, gammas, progress=log)
     alpha = planner.pooled_alpha(measured)
     if args.part == "planner":
@@ -130,20 +134,23 @@ def _replay_table(rows: list[dict[str, Any]]) -> str:
     return format_rows(rows, cols) + "\n(steps exact under greedy; time and speedup predicted from measured costs)\n"
 
 
-def _replay_trace(args: argparse.Namespace, out: TextIO, cfg: Any, pair: Any) -> int:
-    from specviz.core.events import trace_from_json
-    from specviz.lab import planner, replay
-
+def _read_trace(path: str) -> tuple[Any, dict]:
+    """A finished greedy trace with its prompt (generate --json or the app's download): (summary, meta)."""
     try:
-        with open(args.trace, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             _, summary, meta = trace_from_json(f.read())
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"could not read the trace {args.trace!r}: {e}") from e
+        raise ConfigError(f"could not read the trace {path!r}: {e}") from e
     conf = meta.get("config") or {}
     if summary is None or conf.get("rule", "greedy") != "greedy" or not meta.get("prompt"):
-        raise ConfigError(
-            "replay needs a finished greedy trace with its prompt (generate --json or the app's download)"
-        )
+        raise ConfigError("replay needs a finished greedy trace with its prompt (generate --json or the app's download)")
+    return summary, meta
+
+
+def _replay_trace(args: argparse.Namespace, out: TextIO, cfg: Any, pair: Any, summary: Any, meta: dict) -> int:
+    from specviz.lab import planner, replay
+
+    conf = meta.get("config") or {}
     ids = pair.codec.encode(meta["prompt"])
     log = lambda msg, frac=None: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     costs = planner.measure_costs(pair, ids, range(1, args.ks + 1), args.repeats, progress=log)

@@ -14,7 +14,7 @@ import torch
 from specviz.cli import lab as lab_cli
 from specviz.cli import train_heads as medusa_cli
 from specviz.cli.bench import cmd_bench
-from specviz.cli.common import gen_args
+from specviz.cli.common import check_args, gen_args
 from specviz.cli.generate import cmd_generate
 from specviz.core.config import ConfigError
 from specviz.proposers import STRATEGIES
@@ -54,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = out or sys.stdout
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
     try:
+        check_args(args)
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
         commands = {
             "generate": cmd_generate,
             "bench": cmd_bench,

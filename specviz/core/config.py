@@ -81,9 +81,19 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
 
 
 def check_prompt(prompt: str | None) -> str:
+    """The prompt as text, or a ConfigError: empty, or holding what is not text (a lone surrogate, which no tokenizer
+    can encode)."""
     if prompt is None or not str(prompt).strip():
         raise ConfigError("the prompt is empty: type something for the model to continue")
-    return str(prompt)
+    text = str(prompt)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(
+            f"the prompt holds a character that is not text (a lone surrogate, U+{ord(text[e.start]):04X}, at "
+            f"position {e.start}): paste it again or remove that character"
+        ) from None
+    return text
 
 
 def parse_numbers(text: str | None, name: str, kind: type = float, lo: float = -math.inf, hi: float = math.inf) -> list:
