@@ -22,6 +22,9 @@ BAD = {
     ("generate", "--prompt", "a \udc80 b"): "lone surrogate",
     ("generate", "--option", "novalue"): "--option needs KEY=VALUE",
     ("lab", "batch", "--ms", "0,2"): "--ms: 0 is outside",
+    ("lab", "relaxed", "--families", "linear,nope"): "--families: unknown 'nope'",
+    ("lab", "relaxed", "--lams", "0,1.5"): "--lams: 1.5 is outside",
+    ("lab", "replay", "--trace", "/nonexistent.json"): "could not read the trace",
     ("bench", "--targets", "speed"): "unknown target 'speed'",
 }
 

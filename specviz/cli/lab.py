@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from specviz.bench.tables import format_rows
 from specviz.cli.common import config_from, load
-from specviz.core.config import ConfigError, parse_numbers
+from specviz.core.config import RELAX_FAMILIES, ConfigError, parse_numbers
 from specviz.core.events import trace_from_json
 from specviz.core.presets import suite_prompts
 
@@ -41,7 +41,11 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
         return _playground(args, out)
     cfg = config_from(args)
     # the lists and the trace are read before any model loads, so a mistake in them costs no load
-    lams = parse_numbers(args.lams, "--lams") if args.part == "relaxed" else []
+    lams = parse_numbers(args.lams, "--lams", float, 0, 1) if args.part == "relaxed" else []
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    bad = [f for f in families if f not in RELAX_FAMILIES]
+    if args.part == "relaxed" and (bad or not families):
+        raise ConfigError(f"--families: unknown {bad[0]!r}; known: {', '.join(RELAX_FAMILIES)}" if bad else "--families is empty")
     ms = parse_numbers(args.ms, "--ms", int, 1) if args.part == "batch" else []
     gammas = parse_numbers(args.gammas, "--gammas", int, 1) if args.part == "planner" else []  # replay: plain only
     if args.part == "replay" and args.trace:
@@ -55,7 +59,7 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
         from specviz.lab.tradeoff import relaxed_sweep
 
         rows = relaxed_sweep(
-            pair, ids, cfg.with_(rule="sample"), lams, args.families.split(","), progress=log
+            pair, ids, cfg.with_(rule="sample"), lams, families, progress=log
         )
         out.write(
             format_rows(
