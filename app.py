@@ -9,8 +9,8 @@ from functools import partial
 
 from specviz.backends.loading import load_pair
 from specviz.core.presets import default_preset, model_presets
-from specviz.ui.app import build_app, launch_kwargs
-from specviz.ui.session import ModelManager
+from specviz.ui.models import ModelManager
+from specviz.ui.page import build_app, launch_kwargs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Takes README screenshots of the real app: `python tests/screenshots.py [--preset NAME] [--tabs run,lab]` starts
 app.py (default: the embedded pair), runs the first code prompt (Run tab) and every Theory lab part, and saves PNGs
-under assets/. Not a test: it needs the real models and many minutes of CPU."""
+under docs/img/ (--out to change). Not a test: it needs the real models and many minutes of CPU."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ LAB_PARTS = (  # (sub-tab label, run button, status box): the playground needs n
 
 
 def lab_shots(page, out: Path, max_new: int) -> None:
-    """Run every Theory lab part on the loaded pair; stitch the four panels into assets/screenshot-theory-lab.png."""
+    """Run every Theory lab part on the loaded pair; stitch the four panels into <out>/screenshot-theory-lab.png."""
     from PIL import Image
 
     page.set_default_timeout(60_000)
@@ -83,7 +83,7 @@ def lab_shots(page, out: Path, max_new: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="qwen-coder-1.5b")
-    ap.add_argument("--out", default="assets")
+    ap.add_argument("--out", default="docs/img")
     ap.add_argument("--max-new", type=int, default=96)
     ap.add_argument("--gamma", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)

@@ -11,7 +11,7 @@ import pytest
 from test_render import step, summary, tok
 
 from specviz.core.metrics import position_stats
-from specviz.ui import charts
+from specviz.ui import charts, figures
 
 
 @pytest.fixture
@@ -57,11 +57,11 @@ def valid(fig: dict) -> dict:
 
 def test_acceptance_chart_holds_per_step_counts_and_running_rate(steps):
     fig = valid(charts.acceptance_chart(steps))
-    assert charts.traces(fig, "accepted")["x"] == [1, 2, 3, 4]
-    assert charts.traces(fig, "accepted")["y"] == [2, 4, 0, 0]
-    assert charts.traces(fig, "rejected")["y"] == [1, 0, 1, 0]
-    assert charts.traces(fig, "discarded")["y"] == [1, 0, 3, 0]
-    rate = charts.traces(fig, "running acceptance rate")
+    assert figures.traces(fig, "accepted")["x"] == [1, 2, 3, 4]
+    assert figures.traces(fig, "accepted")["y"] == [2, 4, 0, 0]
+    assert figures.traces(fig, "rejected")["y"] == [1, 0, 1, 0]
+    assert figures.traces(fig, "discarded")["y"] == [1, 0, 3, 0]
+    rate = figures.traces(fig, "running acceptance rate")
     assert rate["y"] == pytest.approx([2 / 4, 6 / 8, 6 / 12, 6 / 12])
     assert rate["yaxis"] == "y2"
     assert fig["layout"]["barmode"] == "stack"
@@ -83,7 +83,7 @@ def test_throughput_chart_holds_measured_times_of_both_runs(steps):
 
 def test_accepted_histogram_and_its_prediction(steps):
     fig = valid(charts.accepted_hist_chart(steps, gamma=4, alpha=0.5))
-    measured = charts.traces(fig, "steps (measured)")
+    measured = figures.traces(fig, "steps (measured)")
     assert measured["x"] == [0, 1, 2, 3, 4] and measured["y"] == [1, 0, 1, 0, 1]  # the plain step is left out
     expected = fig["data"][1]["y"]
     # 3 drafting steps, alpha = 1/2: P(k) = 0.5^k * 0.5 for k < 4, P(4) = 0.5^4

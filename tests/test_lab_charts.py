@@ -13,7 +13,8 @@ import plotly.graph_objects as go
 import pytest
 
 from specviz.ui import lab_charts as lc
-from specviz.ui.charts import traces
+from specviz.ui import plan_charts as pc
+from specviz.ui.figures import traces
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,13 +134,13 @@ COSTS = {"ks": [1, 2, 3, 4], "target_ms": [100.0, 150.0, 160.0, 200.0], "draft_m
 
 
 def test_cost_chart_holds_the_measured_curve_and_c():
-    fig = valid(lc.cost_chart(COSTS))
+    fig = valid(pc.cost_chart(COSTS))
     meas = traces(fig, "measured V(k) / V(1)")
     assert meas["x"] == [1, 2, 3, 4] and meas["y"] == pytest.approx([1.0, 1.5, 1.6, 2.0])
     assert meas["customdata"] == COSTS["target_ms"]
     assert "c = 0.300" in fig["layout"]["title"]["text"] and "V(1) = 100.0 ms" in fig["layout"]["title"]["text"]
     assert traces(fig, "Leviathan's model: V(k) = V(1)")["y"] == [1, 1]
-    assert "no draft model" in valid(lc.cost_chart({**COSTS, "draft_ms": None}))["layout"]["title"]["text"]
+    assert "no draft model" in valid(pc.cost_chart({**COSTS, "draft_ms": None}))["layout"]["title"]["text"]
 
 
 def test_planner_chart_holds_curves_best_gammas_measured_points_and_break_even():
@@ -148,7 +149,7 @@ def test_planner_chart_holds_curves_best_gammas_measured_points_and_break_even()
     alpha, costs = 0.8, Costs(**COSTS)
     curve = speedup_curve(alpha, costs, [1, 2, 3])
     measured = [{"gamma": 1, "speedup": 1.1}, {"gamma": 3, "speedup": 0.9}, {"gamma": 2, "speedup": None}]
-    fig = valid(lc.planner_chart(curve, measured, alpha, costs.c))
+    fig = valid(pc.planner_chart(curve, measured, alpha, costs.c))
     assert traces(fig, "Leviathan (pass cost 1)")["y"] == [r["classic"] for r in curve]
     assert traces(fig, "with the measured pass cost")["y"] == [r["cost_aware"] for r in curve]
     best = max(curve, key=lambda r: r["cost_aware"])
@@ -163,7 +164,7 @@ def test_planner_chart_holds_curves_best_gammas_measured_points_and_break_even()
     above = [y for x, y in zip(panel["x"], panel["y"]) if x > 0.3]
     assert max(below) <= 1 + 1e-12 < min(above)
     assert traces(fig, "measured alpha = 0.80")["x"] == [0.8]
-    assert lc.planner_chart([], [], None, None)["data"] == []
+    assert pc.planner_chart([], [], None, None)["data"] == []
 
 
 def test_replay_chart_holds_each_schedule():
@@ -187,18 +188,22 @@ def test_replay_chart_holds_each_schedule():
             "predicted_speedup": None,
         },
     ]
-    fig = valid(lc.replay_chart(rows))
+    fig = valid(pc.replay_chart(rows))
     tps, speed = fig["data"]
     assert tps["x"] == ["constant gamma=4", "oracle"] and tps["y"] == [3.0, 3.75]
     assert tps["customdata"] == [[20, 77, 37], [16, 44, 0]]
     assert speed["y"] == [1.2, None] and speed["text"] == ["1.20x", "n/a"]
-    assert tps["marker"]["color"] == [lc.SCHEDULE_COLORS["constant"], lc.SCHEDULE_COLORS["oracle"]]
-    assert lc.replay_chart([])["data"] == []
+    assert tps["marker"]["color"] == [pc.SCHEDULE_COLORS["constant"], pc.SCHEDULE_COLORS["oracle"]]
+    assert pc.replay_chart([])["data"] == []
 
 
 def test_lab_charts_never_import_torch():
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, specviz.ui.lab_charts; print(' '.join(sorted(sys.modules)))"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, specviz.ui.lab_charts, specviz.ui.plan_charts; print(' '.join(sorted(sys.modules)))",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

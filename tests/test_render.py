@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from specviz.core.events import RunSummary, StepEvent, TokenEvent
-from specviz.ui import render
+from specviz.core.theory import per_token_alpha, theory_numbers
+from specviz.ui import render, tables
+from specviz.ui.step_panel import render_step_panel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,7 +164,7 @@ def summary(**kw) -> RunSummary:
 
 def test_theory_numbers_match_hand_computed_values():
     s = summary()
-    t = render.theory_numbers(s)
+    t = theory_numbers(s)
     assert t["alpha"] == pytest.approx(0.8)  # accepted / (accepted + rejected) = 8 / 10
     # Leviathan et al.: (1 - 0.8^5) / (1 - 0.8) = (1 - 0.32768) / 0.2
     assert t["expected_tokens_per_step"] == pytest.approx(3.3616)
@@ -175,8 +177,8 @@ def test_theory_numbers_match_hand_computed_values():
         assert text in html, text
     assert "measured 1.50x (faster than plain)" in html
     assert render.render_theory(None).startswith('<div class="sv-theory sv-muted">')
-    assert render.theory_numbers(summary(cost_ratio=None))["expected_speedup"] is None
-    assert render.per_token_alpha(summary(accepted=0, rejections=0)) == 0.0
+    assert theory_numbers(summary(cost_ratio=None))["expected_speedup"] is None
+    assert per_token_alpha(summary(accepted=0, rejections=0)) == 0.0
 
 
 def test_kpis_and_tables():
@@ -188,8 +190,8 @@ def test_kpis_and_tables():
     assert re.search(r'data-kpi="speedup"><b>1\.50x</b>', kpis) and "sv-good" in kpis
     assert re.search(r'data-kpi="plain_tps"><b>20\.0</b>', kpis)
     assert render.render_kpis(None, None) == ""
-    table = render.summary_table(spec, plain)
-    assert list(table.columns) == render.SUMMARY_COLUMNS
+    table = tables.summary_table(spec, plain)
+    assert list(table.columns) == tables.SUMMARY_COLUMNS
     assert table["speedup"].tolist() == [1.5, 1.0]
     assert table["tokens/s"].tolist() == [30.0, 20.0]
     assert table["mean accepted/step"].tolist()[0] == 0.8 and table["mean accepted/step"].isna().tolist()[1]
@@ -197,7 +199,7 @@ def test_kpis_and_tables():
 
 
 def test_steps_table_has_one_row_per_step(steps):
-    df = render.steps_table(steps)
+    df = tables.steps_table(steps)
     assert len(df) == 3 and df["step"].tolist() == [0, 1, 2]
     assert df["accepted"].tolist() == [2, 4, 0] and df["rejected"].tolist() == [1, 0, 0]
     assert df["emitted_text"].tolist()[1] == "def x"
@@ -206,21 +208,21 @@ def test_steps_table_has_one_row_per_step(steps):
 
 
 def test_step_panel_captions_each_stage(steps):
-    html = render.render_step_panel(steps[0], "sample", None)
+    html = render_step_panel(steps[0], "sample", None)
     for stage in ("1. Draft proposes", "2. Target checks", "3. Verdict", "4. Correction", "Result"):
         assert stage in html
     assert "rejected" in html and "thrown away" in html and "norm(max(0, p - q))" in html
     assert "did not attach" in html  # no detail: the page says why there is no chart
     detail = {"position": 2, "tokens": ["a"], "p": [0.5], "q": [0.4], "residual": [0.1]}
-    panel = render.render_step_panel(steps[0], "sample", detail)
+    panel = render_step_panel(steps[0], "sample", detail)
     assert "the 1 most likely tokens at the rejected position (draft position 3)" in panel
     assert "Not among them" not in panel  # without ids nothing can be said
-    panel = render.render_step_panel(steps[0], "sample", {**detail, "token_ids": [1]})
+    panel = render_step_panel(steps[0], "sample", {**detail, "token_ids": [1]})
     assert "Not among them: &#x27;\\n&#x27; (the rejected guess, p = 0.1000); &#x27;\\n    &#x27; (the target" in panel
-    bonus = render.render_step_panel(steps[1], "greedy", detail, finished=True)
+    bonus = render_step_panel(steps[1], "greedy", detail, finished=True)
     assert "4. Bonus" in bonus and "All 4 guesses accepted" in bonus and "Generation finished" in bonus
-    assert "No guesses this step" in render.render_step_panel(steps[2], "greedy")
-    assert "Classroom mode" in render.render_step_panel(None, "greedy")
+    assert "No guesses this step" in render_step_panel(steps[2], "greedy")
+    assert "Classroom mode" in render_step_panel(None, "greedy")
 
 
 def test_status_lines_escape_and_show_progress():
@@ -238,7 +240,7 @@ def test_compare_table_and_columns(steps):
     plain = summary(strategy="plain", output_ids=[1, 2, 3], tokens_per_s=20.0, speedup=None)
     a = Track("draft", summary(output_ids=[1, 2, 3], speedup=None), steps)
     b = Track("ngram", summary(output_ids=[1, 2, 4], tokens_per_s=40.0, speedup=None), steps)
-    df = render.compare_table([a, b, Track("plain", plain, steps), Track("unfinished", None, [])], plain)
+    df = tables.compare_table([a, b, Track("plain", plain, steps), Track("unfinished", None, [])], plain)
     assert df["run"].tolist() == ["draft", "ngram", "plain"]
     assert df["same as plain"].tolist() == ["yes", "NO", "yes"]
     assert df["speedup"].tolist() == [1.5, 2.0, 1.0]
@@ -258,10 +260,7 @@ def _imports(module: str) -> set[str]:
 
 
 def test_renderers_never_import_torch():
-    mods = _imports("specviz.ui.render, specviz.ui.charts")
+    mods = _imports(
+        "specviz.ui.render, specviz.ui.step_panel, specviz.ui.tables, specviz.ui.figures, specviz.ui.charts"
+    )
     assert "torch" not in mods and "gradio" not in mods
-
-
-def test_engine_never_imports_gradio_or_plotly():
-    mods = _imports("specviz.engine")
-    assert "gradio" not in mods and "plotly" not in mods

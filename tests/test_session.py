@@ -11,7 +11,10 @@ import pytest
 from specviz.core.config import ConfigError
 from specviz.core.engine import run
 from specviz.proposers import build_proposer
-from specviz.ui.session import ModelManager, StepSession, Visitors, make_request, stream_run
+from specviz.ui.models import ModelManager
+from specviz.ui.session import make_request, stream_run
+from specviz.ui.step_mode import StepSession
+from specviz.ui.visitors import Visitors
 
 PROMPT = "def add(a, b):\n    return a + b\n"
 

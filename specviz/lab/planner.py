@@ -15,10 +15,9 @@ import torch
 from specviz.core.config import GenConfig
 from specviz.core.engine import run
 from specviz.core.metrics import with_plain
+from specviz.core.progress import SweepLog
 from specviz.core.theory import expected_speedup, expected_tokens_per_step
 from specviz.proposers import build_proposer
-
-Progress = Callable[[str, float | None], None]
 
 
 @dataclass
@@ -79,7 +78,7 @@ def measure_costs(
     ks: Iterable[int] = range(1, 17),
     repeats: int = 3,
     should_stop: Callable[[], bool] | None = None,
-    progress: Progress | None = None,
+    progress: SweepLog | None = None,
 ) -> Costs:
     """Time real forward passes: the target over k tokens after the prompt (cache cropped back after each), the draft
     over one token; medians over `repeats` rounds, each round over every k in turn."""
@@ -157,7 +156,7 @@ def measure_speedups(
     gammas: Sequence[int] = (1, 2, 4, 8),
     strategy: str = "draft",
     should_stop: Callable[[], bool] | None = None,
-    progress: Progress | None = None,
+    progress: SweepLog | None = None,
 ) -> tuple[list[dict[str, Any]], Any]:
     """One plain run, then `strategy` at each gamma (same prompt and settings): measured speedup = plain time /
     strategy time. -> (rows, the plain run's RunSummary)."""

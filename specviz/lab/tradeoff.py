@@ -10,10 +10,9 @@ from typing import Any
 from specviz.core.config import GenConfig
 from specviz.core.engine import run
 from specviz.core.events import RunSummary, StepEvent
+from specviz.core.progress import SweepLog
 from specviz.core.relaxed import FAMILIES
 from specviz.proposers import build_proposer
-
-Progress = Callable[[str, float | None], None]
 
 
 def tradeoff_row(family: str, lam: float, steps: Sequence[StepEvent], summary: RunSummary) -> dict[str, Any]:
@@ -52,7 +51,7 @@ def relaxed_sweep(
     families: Sequence[str] = ("linear", "geometric"),
     strategy: str = "draft",
     should_stop: Callable[[], bool] | None = None,
-    progress: Progress | None = None,
+    progress: SweepLog | None = None,
 ) -> list[dict[str, Any]]:
     """Run `strategy` under speculative sampling at every relax setting of every family; rows as tradeoff_row.
     relax 0 (lossless) and 1 (accept all) are the same rule in every family, so each is run once and listed per

@@ -12,82 +12,12 @@ from typing import Any
 from specviz.core.events import RunSummary, StepEvent
 from specviz.core.metrics import position_stats
 from specviz.core.theory import per_token_alpha, theory_numbers
+from specviz.ui.figures import COLORS, Figure, axis, empty_figure, figure, panels
 
-Figure = dict[str, Any]
-
-# Okabe-Ito colours (safe for colour-blind viewers); each series also carries a pattern, dash or marker as a second cue.
-COLORS = {
-    "accepted": "#009E73",
-    "rejected": "#D55E00",
-    "not_reached": "#999999",
-    "resampled": "#E69F00",
-    "bonus": "#0072B2",
-    "spec": "#0072B2",
-    "plain": "#8C8C8C",
-    "p": "#0072B2",
-    "q": "#E69F00",
-    "residual": "#009E73",
-    "predicted": "#CC79A7",
-    "measured": "#0072B2",
-}
 PLAIN_NOTE = (
     "plain = the same engine without drafts (one target pass per token), same prompt and settings, run right after;<br>"
     "both timed by wall clock from the start of prefill"
 )
-GRID = "rgba(128,128,128,0.22)"
-
-
-def _axis(title: str = "", **kw: Any) -> dict[str, Any]:
-    return {"title": {"text": title}, "gridcolor": GRID, "zerolinecolor": GRID, "automargin": True, **kw}
-
-
-def figure(
-    data: list[dict[str, Any]], title: str, height: int = 320, show_legend: bool = True, **layout: Any
-) -> Figure:
-    """A figure with the page's look: transparent background (CSS recolours text in dark mode), legend on top."""
-    base: dict[str, Any] = {
-        "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},
-        "height": height,
-        "margin": {"l": 56, "r": 24, "t": 64, "b": 48},
-        "paper_bgcolor": "rgba(0,0,0,0)",
-        "plot_bgcolor": "rgba(0,0,0,0)",
-        "font": {"size": 13, "color": "#3a4250"},
-        "showlegend": show_legend,
-        "legend": {
-            "orientation": "h",
-            "yanchor": "bottom",
-            "y": 1.0,
-            "xanchor": "right",
-            "x": 1,
-            "bgcolor": "rgba(0,0,0,0)",
-        },
-        "hoverlabel": {"font": {"size": 13}},
-        "bargap": 0.15,
-        "xaxis": _axis(),
-        "yaxis": _axis(),
-    }
-    base.update(layout)
-    return {"data": data, "layout": base}
-
-
-def empty_figure(message: str, title: str = "") -> Figure:
-    """A chart with no data and a centred note (before the first run)."""
-    note = {
-        "text": message,
-        "showarrow": False,
-        "x": 0.5,
-        "y": 0.5,
-        "xref": "paper",
-        "yref": "paper",
-        "font": {"size": 14},
-    }
-    return figure([], title, show_legend=False, xaxis={"visible": False}, yaxis={"visible": False}, annotations=[note])
-
-
-def traces(fig: Figure, name: str) -> dict[str, Any]:
-    """The trace called `name` (tests and callers read numbers back this way)."""
-    return next(t for t in fig["data"] if t.get("name") == name)
-
 
 # ---------------------------------------------------------------- the Run tab
 
@@ -132,11 +62,9 @@ def acceptance_chart(steps: Sequence[StepEvent]) -> Figure:
         data,
         "Acceptance per step",
         barmode="stack",
-        xaxis=_axis("verification step"),
-        yaxis=_axis("drafted tokens", rangemode="tozero"),
-        yaxis2=_axis(
-            "accepted so far", overlaying="y", side="right", tickformat=".0%", range=[0, 1.05], showgrid=False
-        ),
+        xaxis=axis("verification step"),
+        yaxis=axis("drafted tokens", rangemode="tozero"),
+        yaxis2=axis("accepted so far", overlaying="y", side="right", tickformat=".0%", range=[0, 1.05], showgrid=False),
     )
 
 
@@ -202,8 +130,8 @@ def throughput_chart(
         title,
         height=360,
         margin={"l": 56, "r": 24, "t": 64, "b": 108},
-        xaxis=_axis("seconds", rangemode="tozero"),
-        yaxis=_axis("tokens", rangemode="tozero"),
+        xaxis=axis("seconds", rangemode="tozero"),
+        yaxis=axis("tokens", rangemode="tozero"),
         annotations=[foot],
     )
 
@@ -256,8 +184,8 @@ def accepted_hist_chart(steps: Sequence[StepEvent], gamma: int, alpha: float | N
     return figure(
         data,
         "Accepted tokens per step",
-        xaxis=_axis("accepted draft tokens in a step", dtick=1),
-        yaxis=_axis("steps", rangemode="tozero"),
+        xaxis=axis("accepted draft tokens in a step", dtick=1),
+        yaxis=axis("steps", rangemode="tozero"),
     )
 
 
@@ -292,36 +220,9 @@ def position_chart(steps: Sequence[StepEvent]) -> Figure:
     return figure(
         data,
         "Acceptance by draft position",
-        xaxis=_axis("position in the draft", dtick=1),
-        yaxis=_axis("acceptance", tickformat=".0%", range=[0, 1.05]),
+        xaxis=axis("position in the draft", dtick=1),
+        yaxis=axis("acceptance", tickformat=".0%", range=[0, 1.05]),
     )
-
-
-def _panels(titles: Sequence[str], gap: float = 0.1) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Side-by-side subplot axes (xaxis, xaxis2, ...) and their titles, without plotly's make_subplots."""
-    n = len(titles)
-    width = (1 - gap * (n - 1)) / n
-    layout: dict[str, Any] = {}
-    notes = []
-    for i, title in enumerate(titles):
-        lo = i * (width + gap)
-        sx = "" if i == 0 else str(i + 1)
-        layout[f"xaxis{sx}"] = _axis(domain=[lo, lo + width], anchor=f"y{sx}")
-        layout[f"yaxis{sx}"] = _axis(anchor=f"x{sx}", rangemode="tozero")
-        notes.append(
-            {
-                "text": f"<b>{title}</b>",
-                "showarrow": False,
-                "x": lo + width / 2,
-                "y": 1.0,
-                "xref": "paper",
-                "yref": "paper",
-                "xanchor": "center",
-                "yanchor": "bottom",
-                "font": {"size": 13},
-            }
-        )
-    return layout, notes
 
 
 def theory_chart(summary: RunSummary | None) -> Figure:
@@ -329,14 +230,14 @@ def theory_chart(summary: RunSummary | None) -> Figure:
     if summary is None:
         return empty_figure("theory vs measurement appears after a run", "Theory vs measurement")
     t = theory_numbers(summary)
-    panels = [
+    rows = [
         ("tokens per pass", t["expected_tokens_per_step"], t["tokens_per_step"]),
         ("speedup", t["expected_speedup"], t["speedup"]),
         ("rejections", t["expected_rejections"], t["rejections"]),
     ]
-    layout, notes = _panels([p[0] for p in panels])
+    layout, notes = panels([r[0] for r in rows])
     data = []
-    for i, (_, pred, meas) in enumerate(panels):
+    for i, (_, pred, meas) in enumerate(rows):
         sx = "" if i == 0 else str(i + 1)
         top = max([v for v in (pred, meas) if v is not None], default=1.0) or 1.0
         layout[f"yaxis{sx}"]["range"] = [0, top * 1.22]  # room for the value labels above the bars
@@ -434,11 +335,11 @@ def step_detail_chart(
         f"{head}draft position {detail.get('position', 0) + 1}: {how}",
         height=360,
         barmode="group",
-        xaxis=_axis(
+        xaxis=axis(
             "most likely tokens (\u2423 space, \u21b5 newline; \u2717 rejected guess, \u2605 the target's token)",
             type="category",
         ),
-        yaxis=_axis("probability", rangemode="tozero"),
+        yaxis=axis("probability", rangemode="tozero"),
     )
 
 
@@ -450,7 +351,7 @@ def compare_chart(rows: Sequence[dict[str, Any]]) -> Figure:
     if not rows:
         return empty_figure("run a comparison to see it here", "Strategies compared")
     names = [r["run"] for r in rows]
-    layout, notes = _panels(["measured speedup vs plain", "mean accepted tokens per step"], gap=0.12)
+    layout, notes = panels(["measured speedup vs plain", "mean accepted tokens per step"], gap=0.12)
     speed = [r.get("speedup") for r in rows]
     acc = [r.get("mean accepted/step") for r in rows]
     data = [

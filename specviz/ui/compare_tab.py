@@ -1,0 +1,91 @@
+"""The Compare tab: several strategies on one prompt, each in turn, plus one plain run on the same loaded models, as a
+table, a chart and the outputs side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+from gradio.blocks import Block
+
+from specviz.core.config import ConfigError
+from specviz.proposers import STRATEGIES
+from specviz.ui import charts, render, tables
+from specviz.ui.common import Outputs, Update, guarded, on_models, plot, status_for, stopper
+from specviz.ui.controls import build_controls
+from specviz.ui.models import ModelManager, gpu_task
+from specviz.ui.session import stream_run
+from specviz.ui.visitors import Visitors
+
+
+class CompareTab:
+    """The Compare tab's components and its handlers (Compare, Stop)."""
+
+    def __init__(self, manager: ModelManager, visitors: Visitors) -> None:
+        self.manager, self.visitors = manager, visitors
+        out = self.out = Outputs()
+        drafting = [s for s in STRATEGIES if s != "plain"]
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320):
+                self.c = build_controls("cmp", manager.preset, with_strategy=False)
+                self.strategies = gr.CheckboxGroup(
+                    choices=drafting, value=drafting[:3], label="Strategies to compare", elem_id="cmp-strategies"
+                )
+                with gr.Row():
+                    self.run_btn = gr.Button("Compare", variant="primary", elem_id="cmp-run")
+                    self.stop_btn = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
+            with gr.Column(scale=8, min_width=360):
+                self.status = out(
+                    gr.HTML(render.render_status("pick strategies and press Compare"), elem_id="cmp-status")
+                )
+                self.table = out(
+                    gr.Dataframe(
+                        tables.compare_table([], None),
+                        label="Strategies side by side",
+                        elem_id="cmp-table",
+                        interactive=False,
+                        wrap=False,
+                    )
+                )
+                self.chart = out(gr.Plot(plot(charts.compare_chart([])), elem_id="cmp-chart", show_label=False))
+        gr.HTML(render.render_legend())
+        self.outputs_html = out(gr.HTML("", elem_id="cmp-outputs"))
+
+    def wire(self) -> None:
+        self.run_btn.click(
+            self.on_compare,
+            {*self.c.inputs, self.strategies},
+            self.out.all,
+            api_name="compare",
+            **on_models(self.status),
+        )
+        self.stop_btn.click(stopper(self.visitors), None, None, queue=False, api_name=False)
+
+    def on_compare(self, data: dict[Block, Any], request: gr.Request) -> Iterator[Update]:
+        yield from guarded(self._compare(data, request), self.status)
+
+    @gpu_task
+    def _compare(self, data: dict[Block, Any], request: gr.Request | None) -> Iterator[Update]:
+        stop = self.visitors.fresh_stop(request)
+        strategies = [s for s in (data[self.strategies] or []) if s != "plain"]
+        if not strategies:
+            raise ConfigError("pick at least one strategy to compare")
+        req = self.c.request(data, strategy=strategies[0])
+        greedy = req.cfg.rule == "greedy"
+        plan = [*strategies, "plain"]
+        for state in stream_run(self.manager, req, stop, plan=plan, labels=plan):
+            if state.phase in ("loading", "error"):
+                yield {self.status: status_for(state)}
+                continue
+            done = sum(t.summary is not None for t in state.tracks)
+            state.fraction = done / len(plan) if state.phase == "running" else None
+            base = state.baseline.summary if state.baseline else None
+            rows = tables.compare_rows(state.tracks, base, greedy=greedy)
+            yield {
+                self.status: status_for(state),
+                self.table: pd.DataFrame(rows, columns=tables.COMPARE_COLUMNS),
+                self.chart: plot(charts.compare_chart(rows)),
+                self.outputs_html: render.render_side_by_side(state.tracks, req.cfg.rule),
+            }

@@ -1,0 +1,128 @@
+"""The Gradio page: the header, the shared model status and preset switch, the Run, Compare and Theory lab tabs, and
+what launch() needs (theme, stylesheet, tooltip script)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from specviz.core.config import ConfigError
+from specviz.core.presets import ASSETS_DIR, model_presets
+from specviz.ui import render
+from specviz.ui.common import Update
+from specviz.ui.compare_tab import CompareTab
+from specviz.ui.lab_tab import LabTab
+from specviz.ui.models import ModelManager
+from specviz.ui.run_tab import RunTab
+from specviz.ui.visitors import Visitors
+
+HEADER = """<div class="sv-header"><h1>specviz <span>see speculative decoding happen</span></h1>
+<p>A small <b>draft</b> model guesses a few tokens; the big <b>target</b> model checks all of them in one pass and
+keeps the ones it agrees with. Every token below is labelled by what happened to it; hover for p (target), q (draft)
+and the verdict.</p></div>"""
+
+
+def model_status_html(manager: ModelManager) -> str:
+    """The shared pair's status line: ready (device, dtype, load time), loading with progress, or the error."""
+    st = manager.status()
+    if st.state == "ready":
+        info = st.info
+        bits = [f"{info.get('device', '?')}", f"{info.get('dtype', '?')}"]
+        if "load_s" in info:
+            bits.append(f"loaded in {info['load_s']} s")
+        return render.render_status(f"models ready: {st.preset} ({', '.join(bits)})", "ok")
+    if st.state == "error":
+        return render.render_status(st.message, "error")
+    if st.state == "loading":
+        return render.render_status(f"loading {st.preset}: {st.message}", "busy", st.fraction)
+    return render.render_status(f"{st.preset}: not loaded yet", "info")
+
+
+def build_app(manager: ModelManager, visitors: Visitors | None = None) -> gr.Blocks:
+    """The Blocks app; call launch(**launch_kwargs()) on it."""
+    visitors = visitors or Visitors()
+    with gr.Blocks(title="specviz: see speculative decoding", delete_cache=(3600, 7200)) as demo:
+        gr.HTML(HEADER)
+        model_status = gr.HTML(model_status_html(manager), elem_id="sv-model-status")
+        timer = gr.Timer(0.5, active=True)
+        with gr.Tabs():
+            with gr.Tab("Run", id="run", elem_id="sv-tab-run"):
+                run_tab = RunTab(manager, visitors)
+            with gr.Tab("Compare", id="compare", elem_id="sv-tab-compare"):
+                cmp_tab = CompareTab(manager, visitors)
+            with gr.Tab("Theory lab", id="lab", elem_id="sv-tab-lab"):
+                lab_tab = LabTab(manager, visitors)
+        for tab in (run_tab, cmp_tab, lab_tab):
+            tab.wire()
+        dropdowns = [run_tab.c.preset, cmp_tab.c.preset]
+
+        def tick() -> Update:
+            # the timer polls only until a pair is ready (or failed)
+            return {
+                model_status: model_status_html(manager),
+                timer: gr.Timer(active=manager.status().state in ("idle", "loading")),
+            }
+
+        def switch(preset: str) -> Update:
+            """Load another pair for everyone (the old one is freed); both tabs' dropdowns follow."""
+            try:
+                manager.request(preset)
+            except ConfigError as e:
+                return {model_status: render.render_error(str(e)), timer: gr.Timer(active=False)}
+            info = model_presets().get(preset, {}).get("description", "")
+            same = {dd: gr.Dropdown(value=preset, info=info) for dd in dropdowns}
+            return {model_status: model_status_html(manager), timer: gr.Timer(active=True), **same}
+
+        timer.tick(tick, None, [model_status, timer], queue=False, show_progress="hidden")
+        demo.load(tick, None, [model_status, timer], queue=False, show_progress="hidden")
+        for dd in dropdowns:
+            dd.input(switch, dd, [model_status, timer, *dropdowns], queue=False, show_progress="hidden")
+
+        def unload(request: gr.Request) -> None:
+            visitors.drop(request.session_hash if request else None)
+
+        demo.unload(unload)
+    return demo
+
+
+TOOLTIP_JS = """
+() => {
+  if (window.__svTip) return;
+  const tip = document.createElement('div');
+  tip.id = 'sv-tooltip';
+  tip.setAttribute('role', 'tooltip');
+  document.body.appendChild(tip);
+  window.__svTip = tip;
+  let current = null;
+  const hide = () => { tip.style.display = 'none'; current = null; };
+  const show = (el) => {
+    current = el;
+    tip.textContent = el.getAttribute('data-tip');
+    tip.style.display = 'block';
+    const r = el.getBoundingClientRect(), t = tip.getBoundingClientRect();
+    let top = r.bottom + 6, left = Math.min(r.left, window.innerWidth - t.width - 8);
+    if (top + t.height > window.innerHeight - 4) top = r.top - t.height - 6;
+    tip.style.top = Math.max(4, top) + 'px';
+    tip.style.left = Math.max(4, left) + 'px';
+  };
+  document.addEventListener('mouseover', (e) => {
+    const el = e.target.closest ? e.target.closest('[data-tip]') : null;
+    if (el) { if (el !== current) show(el); } else if (current) hide();
+  });
+  document.addEventListener('focusin', (e) => {
+    const el = e.target.closest ? e.target.closest('[data-tip]') : null;
+    if (el) show(el);
+  });
+  // keep the tip on its token while the page scrolls; drop it when a redraw replaced that token
+  document.addEventListener('scroll', () => { if (current && current.isConnected) show(current); else hide(); }, true);
+  setInterval(() => { if (current && !current.isConnected) hide(); }, 400);
+}
+"""
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Theme, stylesheet and the tooltip script (Gradio 6 takes these in launch())."""
+    css = (ASSETS_DIR / "style.css").read_text(encoding="utf-8")
+    theme = gr.themes.Soft(primary_hue="blue", neutral_hue="slate")
+    return {"theme": theme, "css": css, "js": TOOLTIP_JS}

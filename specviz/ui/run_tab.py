@@ -1,0 +1,241 @@
+"""The Run tab: the live token stream, charts, classroom step mode, summary and exports, with its Run, Step and Stop
+handlers (thin: they validate, call session.py or step_mode.py and draw with render.py and charts.py)."""
+
+from __future__ import annotations
+
+import html
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio.blocks import Block
+
+from specviz.core.events import RunSummary, trace_to_json
+from specviz.core.metrics import summarize
+from specviz.core.theory import per_token_alpha, why
+from specviz.ui import charts, render, tables
+from specviz.ui.common import Outputs, Update, guarded, on_models, plot, status_for
+from specviz.ui.controls import build_controls
+from specviz.ui.figures import Figure
+from specviz.ui.models import ModelManager, gpu_task
+from specviz.ui.session import RunState, stream_run
+from specviz.ui.step_mode import StepSession
+from specviz.ui.step_panel import render_step_panel
+from specviz.ui.visitors import Visitors
+
+STREAM_INTERVAL = 0.2  # seconds between redraws of the token stream while a run goes (at most 5 a second)
+CHART_INTERVAL = 0.75  # ... and of the charts, which the browser redraws slowly; the final state is always drawn
+STEP_NOTE = "step mode: wall time includes your pauses between steps; press Run to measure speed"
+
+
+def write_exports(state: RunState) -> tuple[str | None, str | None]:
+    """The full event trace (JSON) and the per-step table (CSV) in a fresh temporary folder."""
+    spec, base = state.spec, state.baseline
+    if spec is None or not spec.steps:
+        return None, None
+    folder = Path(tempfile.mkdtemp(prefix="specviz-"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    req = state.request
+    meta: dict[str, Any] = {
+        "prompt": req.prompt if req else "",
+        "preset": req.preset if req else "",
+        "strategy": req.strategy if req else "",
+        "config": req.cfg.to_dict() if req else {},
+        "details": {str(k): v for k, v in state.details.items()},
+    }
+    if base is not None:
+        meta["plain_steps"] = [s.to_dict() for s in base.steps]
+        meta["plain_summary"] = base.summary.to_dict() if base.summary else None
+    trace = folder / f"specviz-trace-{stamp}.json"
+    trace.write_text(trace_to_json(spec.steps, spec.summary, meta), encoding="utf-8")
+    table = folder / f"specviz-steps-{stamp}.csv"
+    tables.steps_table(spec.steps).to_csv(table, index=False)
+    return str(trace), str(table)
+
+
+def live_summary(state: RunState) -> RunSummary | None:
+    """The finished summary, or one computed from the steps so far (theory and KPIs update live)."""
+    spec = state.spec
+    if spec is None or not spec.steps:
+        return None
+    if spec.summary is not None:
+        return spec.summary
+    req = state.request
+    return summarize(
+        spec.steps,
+        strategy=spec.strategy,
+        rule=req.cfg.rule if req else "greedy",
+        gamma=req.cfg.gamma if req else spec.steps[0].gamma,
+        wall_s=spec.steps[-1].elapsed_ms / 1e3,
+    )
+
+
+class RunTab:
+    """The Run tab's components and its handlers (Run, Step, Stop)."""
+
+    def __init__(self, manager: ModelManager, visitors: Visitors) -> None:
+        self.manager, self.visitors = manager, visitors
+        out = self.out = Outputs()
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320, elem_id="sv-controls"):
+                self.c = build_controls("sv", manager.preset)
+                with gr.Row(elem_id="sv-buttons"):
+                    self.run_btn = gr.Button("Run", variant="primary", elem_id="sv-run", min_width=80)
+                    self.step_btn = gr.Button("Step", variant="secondary", elem_id="sv-step", min_width=80)
+                    self.stop_btn = gr.Button("Stop", variant="stop", elem_id="sv-stop", min_width=80)
+            with gr.Column(scale=8, min_width=360):
+                self.status = out(
+                    gr.HTML(
+                        render.render_status("ready when the models are: press Run or Step"), elem_id="sv-run-status"
+                    )
+                )
+                self.kpis = out(gr.HTML("", elem_id="sv-kpis"))
+                gr.HTML(render.render_legend(), elem_id="sv-legend")
+                self.stream = out(gr.HTML(render.EMPTY_STREAM, elem_id="sv-stream", elem_classes=["sv-stream"]))
+                with gr.Accordion("Output as plain text", open=False):
+                    self.text = out(gr.Code("", language=None, elem_id="sv-text", show_label=False))
+        self.step_box = out(gr.Accordion("Classroom step mode", open=False, elem_id="sv-stepmode"))
+        with self.step_box, gr.Row(equal_height=False):
+            self.step_panel = out(gr.HTML(render_step_panel(None, "greedy"), elem_id="sv-step-panel"))
+            self.step_chart = out(self._fig(charts.step_detail_chart(None), "sv-fig-step"))
+        with gr.Row(equal_height=False):
+            self.fig_tput = out(self._fig(charts.throughput_chart([]), "sv-fig-tput"))
+            self.fig_accept = out(self._fig(charts.acceptance_chart([]), "sv-fig-accept"))
+        with gr.Row(equal_height=False):
+            self.fig_hist = out(self._fig(charts.accepted_hist_chart([], 4), "sv-fig-hist"))
+            self.fig_pos = out(self._fig(charts.position_chart([]), "sv-fig-pos"))
+        with gr.Row(equal_height=False):
+            self.fig_theory = out(self._fig(charts.theory_chart(None), "sv-fig-theory"))
+            self.theory = out(gr.HTML(render.render_theory(None), elem_id="sv-theory"))
+        self.summary = out(
+            gr.Dataframe(
+                tables.summary_table(None, None), label="Summary", elem_id="sv-summary", interactive=False, wrap=True
+            )
+        )
+        with gr.Row():
+            self.dl_trace = out(
+                gr.DownloadButton("Download event trace (JSON)", interactive=False, elem_id="sv-dl-trace", size="md")
+            )
+            self.dl_csv = out(
+                gr.DownloadButton("Download per-step table (CSV)", interactive=False, elem_id="sv-dl-csv", size="md")
+            )
+
+    @staticmethod
+    def _fig(fig: Figure, elem_id: str) -> gr.Plot:
+        return gr.Plot(plot(fig), elem_id=elem_id, show_label=False)
+
+    def wire(self) -> None:
+        self.run_btn.click(self.on_run, self.c.inputs, self.out.all, api_name="run", **on_models(self.status))
+        self.step_btn.click(self.on_step, self.c.inputs, self.out.all, api_name="step", **on_models(self.status))
+        self.stop_btn.click(self.on_stop, None, None, queue=False, api_name=False)
+
+    # -- drawing
+
+    def draw(self, state: RunState, step_mode: bool = False, charts_due: bool = True) -> Update:
+        """The outputs for one snapshot. Charts and the plain text only when `charts_due` or the run is over (the
+        browser redraws Plotly figures slowly); files and the table once the run is over."""
+        req = state.request
+        rule = req.cfg.rule if req else "greedy"
+        gamma = req.cfg.gamma if req else 4
+        spec, base = state.spec, state.baseline
+        steps = spec.steps if spec else []
+        summary = live_summary(state)
+        over = state.phase in ("done", "stopped", "error")
+        kpis = render.render_kpis(summary, base.summary if base else None)
+        if over and summary:
+            kpis += f'<p class="sv-why-top">{html.escape(why(summary))}</p>'
+        current = state.current if step_mode else None
+        up: Update = {
+            self.status: status_for(state),
+            self.kpis: kpis,
+            self.stream: render.render_stream(steps, prompt=state.prompt_shown, rule=rule, current=current),
+            self.theory: render.render_theory(summary),
+        }
+        if charts_due or over or step_mode:
+            alpha = per_token_alpha(summary) if summary and summary.drafted else None
+            if step_mode:
+                tput = charts.throughput_chart(steps, note=STEP_NOTE)
+            else:
+                speed = spec.summary.speedup if spec and spec.summary else None
+                label = f"speculative ({spec.label})" if spec else ""
+                tput = charts.throughput_chart(steps, base.steps if base else (), speed, label)
+            text = spec.summary.text if spec and spec.summary else "".join(t.text for s in steps for t in s.emitted)
+            up |= {
+                self.text: text,
+                self.fig_tput: plot(tput),
+                self.fig_accept: plot(charts.acceptance_chart(steps)),
+                self.fig_hist: plot(charts.accepted_hist_chart(steps, gamma, alpha)),
+                self.fig_pos: plot(charts.position_chart(steps)),
+                self.fig_theory: plot(charts.theory_chart(summary)),
+            }
+        if step_mode:
+            up |= self._draw_step(state, rule, over)
+        if over:
+            up[self.summary] = tables.summary_table(spec.summary if spec else None, base.summary if base else None)
+            trace, csv = write_exports(state) if steps else (None, None)
+            if trace:
+                up[self.dl_trace] = gr.DownloadButton(value=trace, interactive=True)
+            if csv:
+                up[self.dl_csv] = gr.DownloadButton(value=csv, interactive=True)
+        return up
+
+    def _draw_step(self, state: RunState, rule: str, over: bool) -> Update:
+        """Step mode: the panel on the step just taken and its p/q chart, in the opened accordion."""
+        spec = state.spec
+        cur = spec.steps[-1] if spec and spec.steps else None
+        detail = state.details.get(cur.step) if cur else None
+        panel = render_step_panel(cur, rule, detail, spec.strategy if spec else "draft", finished=over)
+        rej = next((t.id for t in cur.tokens if t.origin == "rejected"), None) if cur else None
+        tgt = next((t.id for t in cur.tokens if t.origin in ("resampled", "bonus")), None) if cur else None
+        chart = charts.step_detail_chart(detail, rule, cur.step + 1 if cur else None, rej, tgt)
+        return {self.step_box: gr.Accordion(open=True), self.step_panel: panel, self.step_chart: plot(chart)}
+
+    # -- handlers
+
+    def on_run(self, data: dict[Block, Any], request: gr.Request) -> Iterator[Update]:
+        yield from guarded(self._run(data, request), self.status)
+
+    @gpu_task
+    def _run(self, data: dict[Block, Any], request: gr.Request | None) -> Iterator[Update]:
+        v = self.visitors.of(request)
+        v.step = None
+        v.stop.clear()
+        req = self.c.request(data)
+        first, last_charts = True, 0.0
+        for state in stream_run(self.manager, req, v.stop, min_interval=STREAM_INTERVAL):
+            if state.phase == "loading" or (state.phase == "error" and first):
+                yield {self.status: status_for(state)}  # whatever the visitor had stays
+                continue
+            first = False
+            due = time.perf_counter() - last_charts >= CHART_INTERVAL
+            yield self.draw(state, charts_due=due)
+            if due:
+                last_charts = time.perf_counter()
+
+    def on_step(self, data: dict[Block, Any], request: gr.Request) -> Iterator[Update]:
+        yield from guarded(self._step(data, request), self.status)
+
+    @gpu_task
+    def _step(self, data: dict[Block, Any], request: gr.Request | None) -> Iterator[Update]:
+        v = self.visitors.of(request)
+        v.stop.clear()
+        req = self.c.request(data)
+        for st in self.manager.wait(req.preset):
+            if st.state == "error":
+                yield {self.status: render.render_error(st.message)}
+                return
+            if st.state != "ready":
+                waiting = render.render_status(f"waiting for the models: {st.message}", "busy", st.fraction)
+                yield {self.status: waiting}
+        if v.step is None or v.step.req.key() != req.key() or v.step.finished:
+            v.step = StepSession(self.manager, req)
+        v.step.advance()
+        yield self.draw(v.step.state(), step_mode=True)
+
+    def on_stop(self, request: gr.Request) -> None:
+        v = self.visitors.of(request)
+        v.stop.set()
+        v.step = None
