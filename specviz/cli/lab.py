@@ -7,11 +7,12 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from specviz.backends.loading import ModelPair
 from specviz.bench.tables import format_rows
 from specviz.cli.common import config_from, load
 from specviz.core.config import RELAX_FAMILIES, ConfigError, parse_numbers
-from specviz.core.events import trace_from_json
 from specviz.core.presets import suite_prompts
+from specviz.core.trace import Trace, read_trace_file
 
 PARTS = ("playground", "relaxed", "planner", "replay", "batch")
 
@@ -49,8 +50,8 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     ms = parse_numbers(args.ms, "--ms", int, 1) if args.part == "batch" else []
     gammas = parse_numbers(args.gammas, "--gammas", int, 1) if args.part == "planner" else []  # replay: plain only
     if args.part == "replay" and args.trace:
-        summary, meta = _read_trace(args.trace)
-        return _replay_trace(args, out, cfg, load(args), summary, meta)
+        trace = read_trace_file(args.trace, greedy=True)
+        return _replay_trace(args, out, load(args), trace)
     prompt = args.prompt or suite_prompts("code")[0][2]
     pair = load(args)
     ids = pair.codec.encode(prompt)
@@ -138,29 +139,16 @@ def _replay_table(rows: list[dict[str, Any]]) -> str:
     return format_rows(rows, cols) + "\n(steps exact under greedy; time and speedup predicted from measured costs)\n"
 
 
-def _read_trace(path: str) -> tuple[Any, dict]:
-    """A finished greedy trace with its prompt (generate --json or the app's download): (summary, meta)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            _, summary, meta = trace_from_json(f.read())
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"could not read the trace {path!r}: {e}") from e
-    conf = meta.get("config") or {}
-    if summary is None or conf.get("rule", "greedy") != "greedy" or not meta.get("prompt"):
-        raise ConfigError("replay needs a finished greedy trace with its prompt (generate --json or the app's download)")
-    return summary, meta
-
-
-def _replay_trace(args: argparse.Namespace, out: TextIO, cfg: Any, pair: Any, summary: Any, meta: dict) -> int:
+def _replay_trace(args: argparse.Namespace, out: TextIO, pair: ModelPair, trace: Trace) -> int:
     from specviz.lab import planner, replay
 
-    conf = meta.get("config") or {}
-    ids = pair.codec.encode(meta["prompt"])
+    trace.check_vocab(pair.target.vocab_size)
+    conf = trace.config
+    ids = pair.codec.encode(trace.prompt)
     log = lambda msg, frac=None: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     costs = planner.measure_costs(pair, ids, range(1, args.ks + 1), args.repeats, progress=log)
-    ag = replay.draft_agreement(pair.draft, ids, summary.output_ids, conf.get("top_k", 0), conf.get("top_p", 1.0))
-    gamma = int(conf.get("gamma", cfg.gamma))
-    rows = replay.replay(ag, costs, gamma, int(conf.get("max_new_tokens", len(summary.output_ids))), args.confidence)
+    ag = replay.draft_agreement(pair.draft, ids, trace.summary.output_ids, conf.top_k, conf.top_p)
+    rows = replay.replay(ag, costs, conf.gamma, conf.max_new_tokens, args.confidence)
     out.write(_replay_table(rows))
     return 0
 

@@ -110,6 +110,8 @@ def replay(
 ) -> list[dict[str, Any]]:
     """Every schedule on one recording, with predicted time and speedup over plain decoding (one target pass per
     token) from the measured costs. 'best constant' is the constant gamma in best_range with the best prediction."""
+    if not 1 <= gamma <= max_gamma or max_new_tokens < 1:  # every step must make progress, or the schedules never end
+        raise ValueError(f"replay needs 1 <= gamma <= {max_gamma} and max_new_tokens >= 1, got {gamma}, {max_new_tokens}")
     plain_ms = len(ag.agree) * costs.verify_ms(1)
 
     def row(name: str, label: str, sim: dict[str, Any]) -> dict[str, Any]:

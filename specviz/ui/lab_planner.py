@@ -4,7 +4,6 @@ speedups, and the recorded (or an uploaded) greedy run replayed under other draf
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -12,11 +11,12 @@ from gradio.blocks import Block
 
 from specviz.backends.loading import ModelPair
 from specviz.core.config import ConfigError, parse_numbers
+from specviz.core.trace import read_trace_file
 from specviz.lab import planner, replay
 from specviz.ui import plan_charts, render
 from specviz.ui.common import Outputs, Update, caption, guarded, on_models, plot, run_on_pair, stopper
 from specviz.ui.controls import LabControls
-from specviz.ui.lab import PLAN_COLUMNS, REPLAY_COLUMNS, count, read_trace, table
+from specviz.ui.lab import PLAN_COLUMNS, REPLAY_COLUMNS, count, table
 from specviz.ui.models import ModelManager, gpu_task
 from specviz.ui.visitors import Visitors
 from specviz.ui.worker import Worker
@@ -136,10 +136,10 @@ class PlannerPart:
         if not file:
             raise ConfigError("upload a trace first (Run tab: 'Download event trace (JSON)', with the greedy rule)")
         path = file if isinstance(file, str) else getattr(file, "name", str(file))
-        summary, meta = read_trace(Path(path).read_text(encoding="utf-8", errors="replace"))
+        trace = read_trace_file(path, greedy=True)
+        summary, meta, config = trace.summary, trace.meta, trace.config
         reps, confidence = count("timing rounds", data[self.repeats]), float(data[self.conf])
         stop = self.visitors.fresh_stop(request)
-        config = meta.get("config") or {}
 
         def work(pair: ModelPair, w: Worker) -> dict[str, Any]:
             if meta.get("preset") and meta["preset"] != pair.preset:
@@ -149,18 +149,15 @@ class PlannerPart:
                 )
             if pair.draft is None:
                 raise ConfigError(f"preset {pair.preset!r} has no draft model to replay with")
-            ids = pair.codec.encode(meta["prompt"])
+            trace.check_vocab(pair.target.vocab_size)
+            ids = pair.codec.encode(trace.prompt)
             if state and state.get("preset") == pair.preset:  # the costs measured last time still hold
                 costs = planner.Costs.from_dict(state["costs"])
             else:
                 costs = planner.measure_costs(pair, ids, PASS_SIZES, reps, w.should_stop, w.progress)
             w.progress("replaying the uploaded trace")
-            ag = replay.draft_agreement(
-                pair.draft, ids, summary.output_ids, int(config.get("top_k", 0)), float(config.get("top_p", 1.0))
-            )
-            gamma = int(config.get("gamma", 4))
-            budget = int(config.get("max_new_tokens", len(summary.output_ids)))
-            rows = replay.replay(ag, costs, gamma, budget, confidence)
+            ag = replay.draft_agreement(pair.draft, ids, summary.output_ids, config.top_k, config.top_p)
+            rows = replay.replay(ag, costs, config.gamma, config.max_new_tokens, confidence)
             return {"costs": costs.to_dict(), "rows": rows, "preset": pair.preset}
 
         res = yield from run_on_pair(self.manager, stop, self.status, work)
