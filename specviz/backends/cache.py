@@ -1,4 +1,4 @@
-"""The on-disk cache of embedded models: each GGUF dequantised once into a transformers folder, with a manifest that is checked before it is trusted."""
+"""The on-disk cache of embedded models: each GGUF dequantised once into a transformers folder, with a manifest of full checksums that is checked before (and, for the weights, while) it is used."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ import torch
 
 from specviz.backends.embedded import EMBEDDED, assemble, embedded_model
 from specviz.backends.gguf_convert import NotConvertible, convert
-from specviz.backends.weights import fingerprint, packed_file, packed_ok
+from specviz.backends.weights import (
+    INTEGRITY,
+    MANIFEST,
+    checksum_file,
+    file_ok,
+    fingerprint,
+    packed_file,
+    packed_ok,
+    sound_record,
+)
 from specviz.core.progress import Progress
 
 CACHE_FORMAT = 1
@@ -94,19 +103,44 @@ def _cache_folder(name: str) -> tuple[Path, str]:
 
 
 def write_manifest(folder: Path, source_sha: str) -> None:
-    """Record the fingerprint of every file in a cache folder, and the sha256 of the source it was built from."""
-    files = {p.name: fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
-    (folder / "specviz-manifest.json").write_text(
-        json.dumps({"format": CACHE_FORMAT, "source_sha256": source_sha, "files": files}, indent=1)
+    """Record the fingerprint and full checksum of every file in a cache folder, and the sha256 of the source it was
+    built from (one read of the files just written: a cold build's cost, never a warm start's)."""
+    files = {
+        p.name: {"fingerprint": fingerprint(p), "checksum": checksum_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    (folder / MANIFEST).write_text(
+        json.dumps(
+            {"format": CACHE_FORMAT, "integrity": INTEGRITY, "source_sha256": source_sha, "files": files}, indent=1
+        )
     )
 
 
 def cache_ok(folder: Path, source_sha: str) -> bool:
-    """Whether a cache folder's manifest is readable, of this format and source, and every file still matches it."""
+    """Whether a cache folder's manifest is readable, of this format and source, with full checksums (a cache of
+    before them is stale), and every file still matches it: the small files (config, tokenizer) in full now; the
+    weights by size and fingerprint, their full checksums being checked by read_safetensors as they are read."""
     try:
-        man = json.loads((folder / "specviz-manifest.json").read_text())
-        if man.get("format") != CACHE_FORMAT or man.get("source_sha256") != source_sha or not man.get("files"):
+        man = json.loads((folder / MANIFEST).read_text())
+        if (man.get("format"), man.get("integrity"), man.get("source_sha256")) != (CACHE_FORMAT, INTEGRITY, source_sha):
             return False
-        return all(fingerprint(folder / n) == fp for n, fp in man["files"].items())
-    except (OSError, ValueError):
+        files = man["files"]
+        if not files or any(p.name not in files for p in folder.glob("*.safetensors")):
+            return False
+        for name, entry in files.items():
+            if not sound_record(entry["checksum"]):
+                return False
+            if name.endswith(".safetensors"):
+                if fingerprint(folder / name) != entry["fingerprint"]:
+                    return False
+            elif not file_ok(folder / name, entry["checksum"]):
+                return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def invalidate(folder: Path) -> None:
+    """Mark a cache folder found damaged as stale (its manifest goes): the next cached_embedded rebuilds it."""
+    (folder / MANIFEST).unlink(missing_ok=True)

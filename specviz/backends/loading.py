@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from specviz.backends.cache import cached_embedded, cached_file, embedded_folder
+from specviz.backends.cache import cached_embedded, cached_file, embedded_folder, invalidate
 from specviz.backends.codecs import ByteCodec, Codec, HFCodec
 from specviz.backends.devices import pick_device, pick_dtype
 from specviz.backends.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
@@ -22,6 +22,8 @@ from specviz.backends.lm import LM
 from specviz.backends.tiny import shapes_model, tiny_pair
 from specviz.backends.weights import (
     CacheReader,
+    CorruptCache,
+    drop_packed,
     evict,
     from_packed,
     packed_dtype,
@@ -194,7 +196,11 @@ def from_folder(path: Path, dtype: torch.dtype, reader: CacheReader | None = Non
     cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])  # imports its code: seconds
     packed = next((f for f in packed_files(path) if reader.reading(f)), None) if reader else None
     if packed is not None:
-        state = reader.take(packed)
+        try:
+            state = reader.take(packed)
+        except (ConfigError, OSError):  # damaged (never used) or gone: dropped, so this start packs and saves anew
+            drop_packed(packed)
+            state = None
         if state is not None and kernel()[0] is not None:
             try:
                 model = from_packed(cls, config, state)
@@ -253,7 +259,13 @@ def load_one(
         if fresh is not None:  # just built: no need to read it back
             model = fresh.to(dtype)
         elif kind == "embedded":
-            model = from_folder(Path(path), dtype, reader)
+            try:
+                model = from_folder(Path(path), dtype, reader)
+            except CorruptCache as e:  # a damaged float32 cache is never used: rebuilt now, once
+                progress(0.1, f"cache damaged, rebuilding: {e}")
+                invalidate(Path(path))
+                path, info, fresh = cached_embedded(src["name"], progress)
+                model, info["damaged"] = fresh.to(dtype), str(e)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kw)
     except OSError as e:

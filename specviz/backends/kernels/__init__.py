@@ -5,15 +5,34 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
+import platform
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
 import threading
+import time
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no build lock; private build folders still keep builds apart
+    fcntl = None  # type: ignore[assignment]
+
 SOURCE = Path(__file__).with_name("packed_linear.cpp")
 LANES = 16  # outputs per packed block (packed_linear.cpp)
+NAME = "specviz_packed_linear"
+CFLAGS = ["-O3", "-march=native", "-mavx2", "-mfma", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+LOCK_WAIT_S = 600.0  # the longest wait on another process's build (40-130 s on our 2-core VM) before building too
+_LIB_EXT = ".pyd" if sys.platform == "win32" else ".so"
 
 
 _prebuild: threading.Thread | None = None
@@ -24,7 +43,7 @@ def prebuild() -> None:
     CPU) while the models are dequantised, a warm start loads it while their weights are read."""
     global _prebuild
     if _prebuild is None:
-        # not a daemon: killed mid-build at exit, it would leave torch's build lock behind and the next start waiting
+        # not a daemon: a build cut short at exit would leave its work for the next start to do again
         _prebuild = threading.Thread(target=_kernel, name="specviz-kernel", daemon=False)
         _prebuild.start()
 
@@ -43,18 +62,187 @@ def _kernel() -> tuple[SimpleNamespace | None, str]:
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return None, f"CPU capability {torch.backends.cpu.get_cpu_capability()} lacks AVX2"
     try:
-        from torch.utils.cpp_extension import load
-
-        mod = load(
-            name="specviz_packed_linear",
-            sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-mavx2", "-mfma", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        mod = _load_or_build(build_dir())
         return SimpleNamespace(pack_weight=mod.pack_weight, packed_linear=mod.packed_linear), "compiled"
     except Exception as e:  # no compiler, no ninja, a build error: the model still runs on BLAS
         return None, f"build failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+
+
+def _version(tool: str) -> str:
+    """A tool's resolved path and the first line of its --version (torch runs the one on PATH), or why not."""
+    path = shutil.which(tool)
+    if path is None:
+        return f"{tool}: not found"
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        out = type(e).__name__
+    return f"{os.path.realpath(path)}: {(out.splitlines() or [''])[0]}"
+
+
+def _cpu() -> str:
+    """The CPU's model and flags: -march=native builds for this CPU, and a cache folder may be shared by others."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return "|".join(next((ln for ln in lines if ln.startswith(k)), "") for k in ("model name", "flags"))
+
+
+@functools.cache
+def toolchain() -> str:
+    """Everything a build depends on (compiler, ninja, torch, Python, CPU, source, flags), in one string: builds of
+    two toolchains (say the venv's ninja 1.13 and the system's 1.11) get two folders instead of undoing each other."""
+    parts = [
+        _version(os.environ.get("CXX", "c++")),
+        _version("ninja"),
+        f"torch {torch.__version__} {torch.version.git_version} {Path(torch.__file__).parent}",
+        f"python {sys.version} {sysconfig.get_config_var('EXT_SUFFIX')} {platform.machine()}",
+        _cpu(),
+        hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+        repr((CFLAGS, LDFLAGS)),
+    ]
+    return "\n".join(parts)
+
+
+def build_dir() -> Path:
+    """The finished build of this toolchain: <torch extensions root>/specviz/<NAME>-<hash of the toolchain>; the
+    root is torch's (TORCH_EXTENSIONS_DIR moves it)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    key = hashlib.sha256(toolchain().encode()).hexdigest()[:16]
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / "specviz" / f"{NAME}-{key}"
+
+
+def _import(folder: Path) -> ModuleType | None:
+    """The built module of a finished build folder, or None when it has none or it will not load."""
+    lib = folder / f"{NAME}{_LIB_EXT}"
+    if not lib.is_file():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(NAME, lib)
+        if spec is None or spec.loader is None:
+            return None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    except (ImportError, OSError):
+        return None
+
+
+def _load_or_build(final: Path) -> ModuleType:
+    """Load the finished build, else build it: in a private folder (torch's own lock file inside it is then never
+    shared, so a build killed by SIGKILL leaves nothing that blocks the next start), renamed into place once done,
+    behind a lock the system frees when its holder dies. A finished build loads with no lock and no ninja."""
+    mod = _import(final)
+    if mod is not None:
+        return mod
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with BuildLock(final.with_name(final.name + ".lock")) as held:
+        mod = _import(final)  # built by the process we waited for
+        if mod is not None:
+            return mod
+        if held:
+            _sweep(final)
+            shutil.rmtree(final, ignore_errors=True)  # a folder that will not load (say, cut short by a crash)
+        from torch.utils.cpp_extension import load
+
+        work = final.with_name(f"{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+        work.mkdir()
+        try:
+            mod = load(
+                name=NAME,
+                sources=[str(SOURCE)],
+                extra_cflags=CFLAGS,
+                extra_ldflags=LDFLAGS,
+                build_directory=str(work),
+                verbose=False,
+            )
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        try:
+            os.rename(work, final)  # atomic: the folder is whole or absent
+        except OSError:  # another build got there first (we did not hold the lock): ours goes
+            shutil.rmtree(work, ignore_errors=True)
+        return mod
+
+
+def _sweep(final: Path) -> None:
+    """Delete private build folders of dead builds (of this host: their pid is in the name; others' after a day)."""
+    host = socket.gethostname()
+    for d in final.parent.glob(f"{final.name}.tmp-*"):
+        rest = d.name.removeprefix(f"{final.name}.tmp-")
+        h, _, tail = rest.rpartition("-")[0].rpartition("-")
+        try:
+            dead = not _alive(int(tail)) if h == host else time.time() - d.stat().st_mtime > 86400
+        except (ValueError, OSError):
+            continue
+        if dead:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class BuildLock:
+    """An exclusive flock on a file that records its holder's pid: the system releases it when the holder dies, even
+    by SIGKILL, so a stale lock (a dead pid in the file) is taken over at once. A live holder is waited for, up to
+    `timeout` seconds, then given up on: __enter__ gives whether the lock is held (private build folders make a
+    build without it safe, only slower)."""
+
+    def __init__(self, path: Path, timeout: float = LOCK_WAIT_S, poll: float = 0.2) -> None:
+        self.path, self.timeout, self.poll = path, timeout, poll
+        self._fd: int | None = None
+
+    def __enter__(self) -> bool:
+        if fcntl is None:
+            return False
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # never unlinked: two lock files cannot coexist
+        start, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - start
+                if waited >= self.timeout:
+                    os.close(fd)
+                    print(
+                        f"specviz: gave up waiting on {self.path} after {waited:.0f} s; building here too",
+                        file=sys.stderr,
+                    )
+                    return False
+                if not told and waited > 5:  # not silent: the user sees what the start is waiting for
+                    print(
+                        f"specviz: waiting for process {self.owner()} to finish building the kernel (lock {self.path})",
+                        file=sys.stderr,
+                    )
+                    told = True
+                time.sleep(self.poll)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    def owner(self) -> str:
+        """The pid (host, start time) that the lock file names: its last holder's."""
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
 @functools.cache
