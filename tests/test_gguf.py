@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize as reference
 from gguf.quants import quantize
 
-from specviz import gguf_reader
+from specviz.backends import gguf_reader
 from specviz.backends.gguf_reader import BLOCK, GGUFError, GGUFFile, dequantize
 
 
@@ -80,6 +80,7 @@ def draft_gguf(tmp_path_factory) -> Path:
     return assemble(embedded_model("qwen2.5-coder-0.5b-instruct-q4_k_m"), folder / "model.gguf")
 
 
+@pytest.mark.slow  # assembles the embedded 0.5B draft and loads it twice: minutes and GiBs
 def test_converter_equals_transformers_gguf_loader_on_the_embedded_draft(draft_gguf: Path, tmp_path: Path):
     """The same config, tokenizer files and weights, bit for bit, as transformers' loader gives (about 2 minutes of
     it on our CPU: that loader is what the converter replaces)."""
@@ -106,7 +107,7 @@ def test_converter_equals_transformers_gguf_loader_on_the_embedded_draft(draft_g
 
 
 def test_converter_declines_other_architectures(tmp_path: Path):
-    from specviz import gguf_convert
+    from specviz.backends import gguf_convert
 
     path = tmp_path / "m.gguf"
     writer = GGUFWriter(path, "llama")

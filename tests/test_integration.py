@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from specviz.bench.suite import aggregate, bench_rows
-from specviz.bench.tables import format_table
 
 from specviz.backends.loading import load_pair
+from specviz.bench.suite import aggregate, bench_rows
+from specviz.bench.tables import format_table
 from specviz.core.config import GenConfig
 from specviz.core.engine import run
 from specviz.proposers import build_proposer

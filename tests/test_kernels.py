@@ -145,19 +145,19 @@ def test_packed_weights_saved_once_load_as_they_were(tmp_path, monkeypatch, wide
     background reader (built on the meta device, no packing pass) gives bitwise the same logits, float32 (target)
     and bf16 (draft) weights alike; packed weights that cannot be used fall back to the float32 cache; a corrupted
     file is not trusted."""
-    from specviz import models, weights
+    from specviz.backends import loading, weights
     from specviz.backends.fastpath import draft_fast_path
 
     codec = CharCodec()
     model = tiny_model(codec.vocab_size, seed=3, init=0.2)
     model.save_pretrained(tmp_path)  # the float32 cache folder
-    fp32 = models._from_folder(tmp_path, torch.float32)  # as a start without the packed cache loads it
+    fp32 = loading.from_folder(tmp_path, torch.float32)  # as a start without the packed cache loads it
     packed = target_fast_path(fp32)[0] if wide else draft_fast_path(fp32, 0)[0]
     file = weights.save_packed(packed, tmp_path)
     assert file is not None and weights.packed_ok(file)
     assert file.name.startswith("float32-" if wide else "bfloat16-")
     assert not any(k.endswith(".packed") for k in weights.read_folder(tmp_path))  # the float32 read skips them
-    loaded = models._from_folder(tmp_path, torch.float32, weights.CacheReader([file]))
+    loaded = loading.from_folder(tmp_path, torch.float32, weights.CacheReader([file]))
     assert weights.packed_dtype(loaded) == (torch.float32 if wide else torch.bfloat16)
     ids = torch.tensor([codec.encode("def f(x): return x + 1")])
     with torch.inference_mode():
@@ -166,8 +166,8 @@ def test_packed_weights_saved_once_load_as_they_were(tmp_path, monkeypatch, wide
     def broken(*a):
         raise RuntimeError("a module layout this code does not know")
 
-    monkeypatch.setattr(models, "from_packed", broken)  # unusable packed weights: the float32 cache is loaded
-    assert weights.packed_dtype(models._from_folder(tmp_path, torch.float32, weights.CacheReader([file]))) is None
+    monkeypatch.setattr(loading, "from_packed", broken)  # unusable packed weights: the float32 cache is loaded
+    assert weights.packed_dtype(loading.from_folder(tmp_path, torch.float32, weights.CacheReader([file]))) is None
     with open(file, "r+b") as f:  # corrupt the last MiB: the fingerprint no longer matches
         f.seek(-8, 2)
         f.write(b"\xff" * 8)

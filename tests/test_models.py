@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from specviz import embedded, models, weights
-from specviz.backends.codecs import CharCodec
+from specviz.backends import embedded, loading, weights
+from specviz.backends.cache import cache_ok, write_manifest
+from specviz.backends.codecs import CharCodec, Codec
 from specviz.backends.embedded import EmbeddedModel
 from specviz.backends.loading import load_pair
 from specviz.core.config import ConfigError
@@ -63,17 +64,17 @@ def test_cache_manifest_detects_corruption(tmp_path):
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 3_000_000)
     (folder / "config.json").write_text("{}")
-    models._write_manifest(folder, "sha")
-    assert models._cache_ok(folder, "sha")
-    assert not models._cache_ok(folder, "other-source")
+    write_manifest(folder, "sha")
+    assert cache_ok(folder, "sha")
+    assert not cache_ok(folder, "other-source")
     with open(folder / "model.safetensors", "r+b") as f:  # a half-written tail
         f.seek(2_999_000)
         f.write(b"\0" * 1000)
-    assert not models._cache_ok(folder, "sha")
+    assert not cache_ok(folder, "sha")
     (folder / "model.safetensors").write_bytes(b"x" * 10)  # truncated
-    assert not models._cache_ok(folder, "sha")
+    assert not cache_ok(folder, "sha")
     (folder / "specviz-manifest.json").write_text("{not json")
-    assert not models._cache_ok(folder, "sha")
+    assert not cache_ok(folder, "sha")
 
 
 def test_presets_file_and_unknown_preset():
@@ -93,14 +94,14 @@ def test_tiny_random_preset_loads_without_downloads():
 def test_pair_with_different_tokenizers_is_refused(monkeypatch):
     spec = {"target": {"source": "hub", "id": "t"}, "draft": {"source": "hub", "id": "d"}}
 
-    class FakeCodec(models.Codec):
+    class FakeCodec(Codec):
         def __init__(self, key):
             self.key = key
 
         def vocab_key(self):
             return self.key
 
-    monkeypatch.setattr(models, "_load_one", lambda src, *a, **k: (torch.nn.Identity(), FakeCodec(src["id"]), {}))
+    monkeypatch.setattr(loading, "load_one", lambda src, *a, **k: (torch.nn.Identity(), FakeCodec(src["id"]), {}))
     with pytest.raises(ConfigError, match="tokenizer differs"):
         load_pair("mixed", spec=spec)
 

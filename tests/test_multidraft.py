@@ -5,12 +5,19 @@ rows matching fresh passes, honest step events, and the Theory lab's batch sweep
 from __future__ import annotations
 
 import math
-import types
 
 import pytest
 import torch
-from exact_dist import exact_two_token_probs, two_token_pvalue
-from scipy.stats import chisquare
+from helpers import (
+    ALPHA,
+    assert_eos_ended_inside_a_draft,
+    case,
+    eos_candidate,
+    exact_two_token_probs,
+    fake_pair,
+    token_pvalue,
+    two_token_pvalue,
+)
 
 from specviz.backends.lm import LM
 from specviz.backends.tiny import perturbed_copy
@@ -22,40 +29,17 @@ from specviz.core.sampling import Sampler
 from specviz.lab.batch import batch_sweep
 from specviz.proposers import STRATEGIES, DraftModelProposer, MultiDraftProposer, build_proposer
 
-ALPHA = 1e-3  # a correct rule fails a test at this rate; a biased one fails with p-values near 0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _pair(target: LM, draft: LM | None):
-    return types.SimpleNamespace(target=target, draft=draft, preset="test")
-
-
-def _chi2_pvalue(counts: torch.Tensor, p: torch.Tensor) -> float:
-    """Chi-square p-value of counts against p; 0 when a token with p = 0 was emitted."""
-    support = p > 0
-    if counts[~support].sum() > 0:
-        return 0.0
-    return chisquare(counts[support].numpy(), (p[support] * counts.sum()).numpy()).pvalue
-
-
 # ------------------------------------------------------------- greedy: identical to plain decoding
 
 
 @pytest.mark.parametrize("drafts", [1, 2, 4])
 @pytest.mark.parametrize("gamma", [1, 3, 6])
-def test_greedy_matches_plain_greedy(tiny_pair, prompts, drafts, gamma):
+def test_greedy_matches_plain_greedy(tiny_pair, prompts, plain_greedy, drafts, gamma):
     target, draft = tiny_pair
     cfg = GenConfig(gamma=gamma, max_new_tokens=30, options={"drafts": drafts})
-    proposer = build_proposer("multidraft", _pair(target, draft), cfg)
+    proposer = build_proposer("multidraft", fake_pair(target, draft), cfg)
     for ids in prompts:
-        plain = run(target, None, ids, cfg).run()
+        plain = plain_greedy(ids, 30)
         spec = run(target, proposer, ids, cfg).run()
         assert spec.output_ids == plain.output_ids, ids
         assert spec.steps < plain.steps
@@ -93,29 +77,26 @@ def test_greedy_candidates_are_distinct_and_the_first_is_the_single_draft(tiny_p
 
 
 def test_eos_inside_the_kept_candidate_ends_the_run(tiny_pair, prompts):
+    """An EOS that is an accepted token in the middle of the kept candidate ends the run there: the candidate's tokens
+    after it are not emitted, and no target token follows."""
     target, _ = tiny_pair
     same = LM(perturbed_copy(target.model, 0.0, 0))  # every first candidate is accepted
     cfg = GenConfig(gamma=6, max_new_tokens=30)
     plain = run(target, None, prompts[0], cfg).run().output_ids
-    eos = plain[4]
+    free = run(target, MultiDraftProposer(same, 6, 3), prompts[0], cfg)
+    eos, at = eos_candidate(list(free), plain)
     r = run(target, MultiDraftProposer(same, 6, 3), prompts[0], cfg, eos_ids={eos})
-    steps = list(r)
-    assert r.summary.output_ids == plain[: plain.index(eos) + 1] and r.summary.stop_reason == "eos"
-    assert [t.id for t in steps[-1].emitted][-1] == eos and steps[-1].tokens[-1].origin != "resampled"
+    assert_eos_ended_inside_a_draft(list(r), r.summary, eos, plain[: at + 1])
 
 
 # ------------------------------------------------------------- the rule on constructed distributions
 
-CASES = {
-    "overlapping": ([0.1, 0.2, 0.3, 0.15, 0.25, 0.0], [0.3, 0.1, 0.1, 0.2, 0.2, 0.1]),
-    "q_has_zeros": ([0.05, 0.15, 0.4, 0.1, 0.2, 0.1], [0.5, 0.0, 0.5, 0.0, 0.0, 0.0]),
-    "disjoint": ([0.5, 0.5, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.3, 0.3, 0.4, 0.0]),
-}
+RULE_CASES = ("overlapping", "q_has_zeros", "disjoint")  # of helpers.CASES
 
 
-def _first_token_counts(case: str, m: int, n: int, merge_duplicates: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_token_counts(name: str, m: int, n: int, merge_duplicates: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw M candidates of 2 tokens i.i.d. from q, verify, count the first emitted token. -> (counts, p)."""
-    p1, q1 = (torch.tensor(x, dtype=torch.float64) for x in CASES[case])
+    p1, q1 = case(name)
     p = torch.stack([p1, p1.roll(1), p1.roll(2)]).expand(m, -1, -1)  # (M, k+1, V), k = 2
     q = torch.stack([q1, q1.roll(3)]).expand(m, -1, -1)  # (M, k, V)
     sampler = Sampler("sample", 1.0, 0, 1.0, 0)
@@ -131,21 +112,22 @@ def _first_token_counts(case: str, m: int, n: int, merge_duplicates: bool = Fals
 
 
 @pytest.mark.parametrize("m", [2, 4])
-@pytest.mark.parametrize("case", CASES)
-def test_multi_draft_rule_preserves_target_distribution(case, m):
-    assert _chi2_pvalue(*_first_token_counts(case, m, 12_000)) > ALPHA
+@pytest.mark.parametrize("name", RULE_CASES)
+def test_multi_draft_rule_preserves_target_distribution(name, m):
+    assert token_pvalue(*_first_token_counts(name, m, 6000)) > ALPHA
 
 
 def test_without_the_residual_update_the_rule_is_caught(monkeypatch):
     """The test has teeth: trying every candidate against the unchanged p (no p <- norm(max(0, p - q)) after a
     rejection, so the correction also comes from p) is detected by the same check."""
     monkeypatch.setattr(verify, "residual", lambda p, q: p)
-    assert _chi2_pvalue(*_first_token_counts("overlapping", 2, 12_000)) < ALPHA
+    assert token_pvalue(*_first_token_counts("overlapping", 2, 4000)) < ALPHA  # p about 1e-120
 
 
 def test_merging_duplicate_candidates_is_caught():
     """Why duplicates are tried again: one try per distinct token biases the output, and the same check sees it."""
-    assert _chi2_pvalue(*_first_token_counts("overlapping", 4, 12_000, merge_duplicates=True)) < ALPHA
+    # a subtle bias: p about 2e-5 at 6000 draws, so twice that
+    assert token_pvalue(*_first_token_counts("overlapping", 4, 12_000, merge_duplicates=True)) < ALPHA
 
 
 def _dirichletish(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -169,7 +151,7 @@ def test_two_token_joint_distribution_over_a_token_tree(m, k):
         return table0 if not toks else table1[toks[-1]]
 
     sampler = Sampler("sample", 1.0, 0, 1.0, 11)
-    n = 8000
+    n = 4000  # skipping the residual: p < 1e-160 already at 2000
     counts = torch.zeros(v * v)
     for _ in range(n):
         out: list[int] = []
@@ -190,7 +172,7 @@ def test_two_token_joint_distribution_over_a_token_tree(m, k):
             out += cands[res.row][: res.verdict.n_accepted] + [res.verdict.token]
         counts[out[0] * v + out[1]] += 1
     exact = (p0[:, None] * p1).reshape(-1)
-    assert _chi2_pvalue(counts, exact) > ALPHA
+    assert token_pvalue(counts, exact) > ALPHA
 
 
 def test_rule_records_every_try_and_duplicates_of_a_rejected_token_fail():
@@ -234,7 +216,7 @@ def test_engine_sampling_matches_target_joint_distribution(small_vocab_pair, dra
     base = GenConfig(gamma=3, rule="sample", max_new_tokens=2, temperature=0.7, top_k=5, top_p=0.9)
     exact = exact_two_token_probs(target, prompt, base)
     proposer = MultiDraftProposer(draft, 3, drafts)
-    n = 1500
+    n = 600  # skipping the residual: p < 1e-12 with 500 runs, < 1e-27 with 1000
     counts = dict.fromkeys(exact, 0)
     for seed in range(n):
         counts[tuple(run(target, proposer, prompt, base.with_(seed=seed), instrument=False).run().output_ids)] += 1
@@ -278,7 +260,7 @@ def test_step_events_count_every_try(tiny_pair, prompts, codec):
     cfg = GenConfig(gamma=4, rule="sample", max_new_tokens=40, seed=2, options={"drafts": 4})
     r = run(
         target,
-        build_proposer("multidraft", _pair(target, draft), cfg),
+        build_proposer("multidraft", fake_pair(target, draft), cfg),
         prompts[0],
         cfg,
         piece=codec.piece,
@@ -312,7 +294,7 @@ def test_sum_of_tv_over_tries_predicts_rejected_tries(tiny_pair, prompts):
     rej = tv = var = 0.0
     for seed in range(6):
         cfg = GenConfig(gamma=4, rule="sample", max_new_tokens=40, seed=seed, options={"drafts": 4})
-        r = run(target, build_proposer("multidraft", _pair(target, draft), cfg), prompts[seed % 4], cfg)
+        r = run(target, build_proposer("multidraft", fake_pair(target, draft), cfg), prompts[seed % 4], cfg)
         for st in r:
             for t in st.tokens:
                 if t.origin in ("accepted", "rejected"):
@@ -338,14 +320,14 @@ def test_same_seed_same_verdicts(tiny_pair, prompts):
 def test_strategy_is_listed_and_its_option_checked(tiny_pair):
     target, draft = tiny_pair
     assert "multidraft" in STRATEGIES and STRATEGIES.index("multidraft") < STRATEGIES.index("random")
-    pair = _pair(target, draft)
+    pair = fake_pair(target, draft)
     assert build_proposer("multidraft", pair, GenConfig()).drafts == 4
     assert build_proposer("multidraft", pair, GenConfig(options={"drafts": 8, "ngram_max": 2})).drafts == 8
     for bad in (0, 9, "4", 2.5, True):
         with pytest.raises(ConfigError, match="drafts"):
             build_proposer("multidraft", pair, GenConfig(options={"drafts": bad}))
     with pytest.raises(ConfigError, match="no draft model"):
-        build_proposer("multidraft", _pair(target, None), GenConfig())
+        build_proposer("multidraft", fake_pair(target, None), GenConfig())
     with pytest.raises(ConfigError, match="relax applies to single-draft"):  # not silently ignored
         build_proposer("multidraft", pair, GenConfig(rule="sample", relax=0.5))
     assert build_proposer("ngram", pair, GenConfig(options={"drafts": 2})).name == "ngram"  # others ignore it
@@ -360,7 +342,7 @@ def test_batch_sweep_rows(tiny_pair, prompts, codec):
     draft's TV), while on this pair (a poor draft) the rejected tries per step grow."""
     target, _ = tiny_pair
     poor = LM(perturbed_copy(target.model, noise=0.3, seed=1))
-    pair = types.SimpleNamespace(target=target, draft=poor, preset="test", codec=codec)
+    pair = fake_pair(target, poor, codec=codec)
     totals: dict[int, list[float]] = {}
     for seed in range(12):
         rows = batch_sweep(pair, prompts[seed % 4], GenConfig(gamma=4, max_new_tokens=30, seed=seed), ms=(1, 4))
@@ -388,6 +370,6 @@ def test_batch_sweep_rows(tiny_pair, prompts, codec):
 
 def test_batch_sweep_without_m1_has_no_single_draft_line(tiny_pair, prompts, codec):
     target, draft = tiny_pair
-    pair = types.SimpleNamespace(target=target, draft=draft, preset="test", codec=codec)
+    pair = fake_pair(target, draft, codec=codec)
     rows = batch_sweep(pair, prompts[0], GenConfig(max_new_tokens=8), ms=(2,))
     assert len(rows) == 1 and rows[0]["single_draft_tv_sum"] is None and rows[0]["tokens"] == 8

@@ -19,7 +19,7 @@ def tiny():
 
 def test_plain_decoding_equals_hf_generate(tiny):
     ids = tiny.codec.encode("def add(a, b):\n")
-    ours = tg._ours(tiny, "plain", ids, GenConfig(max_new_tokens=40))
+    ours = tg.run_strategy(tiny, "plain", ids, GenConfig(max_new_tokens=40))
     theirs, wall = tg.hf_generate(tiny, ids, 40)
     assert ours.output_ids == theirs and len(theirs) == 40 and wall > 0
 
@@ -27,7 +27,7 @@ def test_plain_decoding_equals_hf_generate(tiny):
 @pytest.mark.parametrize("gamma", [1, 3, 6])
 def test_draft_strategy_equals_hf_assisted_generation(tiny, gamma):
     ids = tiny.codec.encode("for i in range(10):\n")
-    ours = tg._ours(tiny, "draft", ids, GenConfig(gamma=gamma, max_new_tokens=30))
+    ours = tg.run_strategy(tiny, "draft", ids, GenConfig(gamma=gamma, max_new_tokens=30))
     before = tiny.draft.model.generation_config.to_dict()
     theirs, _ = tg.hf_generate(tiny, ids, 30, assistant_gamma=gamma)
     assert ours.output_ids == theirs
@@ -59,10 +59,8 @@ def test_a_row_holds_only_within_its_bound_and_with_identical_output():
 
 
 def test_all_targets_are_those_this_machine_can_measure(monkeypatch):
-    from specviz.bench import targets
-
-    monkeypatch.setattr(targets.torch.cuda, "is_available", lambda: False)
-    assert targets.chosen("all") == ["baseline", "overhead", "assisted", "speedups", "startup"]
-    monkeypatch.setattr(targets.torch.cuda, "is_available", lambda: True)
-    assert targets.chosen("all")[-1] == "gpu"
-    assert targets.chosen("gpu, baseline") == ["gpu", "baseline"]
+    monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: False)
+    assert tg.chosen("all") == ["baseline", "overhead", "assisted", "speedups", "startup"]
+    monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: True)
+    assert tg.chosen("all")[-1] == "gpu"
+    assert tg.chosen("gpu, baseline") == ["gpu", "baseline"]

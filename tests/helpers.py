@@ -1,0 +1,115 @@
+"""Shared test helpers (the one module tests import helpers from; fixtures live in conftest.py): exact output
+distributions and chi-square p-values against them, the constructed (p, q) cases of the rule tests, a stand-in for a
+loaded ModelPair, and the checks of an EOS that lands inside an accepted draft."""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from scipy.stats import chisquare
+
+from specviz.backends.lm import LM
+from specviz.core.config import GenConfig
+from specviz.core.events import DRAFT_ORIGINS, RunSummary, StepEvent
+from specviz.core.sampling import probs_from_logits
+
+ALPHA = 1e-3  # a correct rule fails a chi-square test at this rate; a broken one fails with p-values near 0
+
+# constructed (p, q) rows over 6 tokens for the rule tests: overlapping supports, zeros in q, zeros in p, disjoint
+CASES = {
+    "overlapping": ([0.1, 0.2, 0.3, 0.15, 0.25, 0.0], [0.3, 0.1, 0.1, 0.2, 0.2, 0.1]),
+    "q_has_zeros": ([0.05, 0.15, 0.4, 0.1, 0.2, 0.1], [0.5, 0.0, 0.5, 0.0, 0.0, 0.0]),
+    "p_has_zeros": ([0.0, 0.5, 0.0, 0.5, 0.0, 0.0], [0.2, 0.2, 0.2, 0.2, 0.1, 0.1]),
+    "disjoint": ([0.5, 0.5, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.3, 0.3, 0.4, 0.0]),
+}
+
+
+def case(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, q) of CASES[name] as float64 tensors."""
+    p, q = CASES[name]
+    return torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64)
+
+
+# ------------------------------------------------------------- exact distributions and chi-square
+
+
+def token_pvalue(counts: torch.Tensor, dist: torch.Tensor) -> float:
+    """Chi-square p-value of per-token counts against the distribution dist; 0 when a token that dist gives no
+    probability (below 1e-12) was emitted at all, which no run of a correct rule can do."""
+    support = dist > 1e-12
+    if counts[~support].sum() > 0:
+        return 0.0
+    return float(chisquare(counts[support].numpy(), (dist[support] * counts.sum()).numpy()).pvalue)
+
+
+def exact_two_token_probs(target: LM, prompt: list[int], cfg: GenConfig) -> dict[tuple[int, int], float]:
+    """P(x1, x2) of the target's first two tokens after prompt, under cfg's temperature, top-k and top-p."""
+
+    def next_probs(ids: list[int]) -> torch.Tensor:
+        target.reset()
+        return probs_from_logits(target.forward(ids)[-1], cfg.temperature, cfg.top_k, cfg.top_p)
+
+    p1 = next_probs(prompt)
+    out = {}
+    for x1 in range(p1.shape[0]):
+        p2 = next_probs(prompt + [x1])
+        out.update({(x1, x2): float(p1[x1] * p2[x2]) for x2 in range(p2.shape[0])})
+    return out
+
+
+def two_token_pvalue(counts: dict[tuple[int, int], int], exact: dict[tuple[int, int], float]) -> float:
+    """Chi-square p-value of observed two-token outputs against exact, the outputs expecting fewer than 5 pooled into
+    one cell; 0 when an output of probability 0 was produced."""
+    if any(counts[k] for k in exact if exact[k] == 0):
+        return 0.0
+    n = sum(counts.values())
+    keys = sorted(exact, key=exact.get, reverse=True)
+    big = [k for k in keys if exact[k] * n >= 5]
+    rest = [k for k in keys if k not in big and exact[k] > 0]  # pooled so that every cell expects at least 5
+    obs = [counts[k] for k in big] + ([sum(counts[k] for k in rest)] if rest else [])
+    exp = [exact[k] * n for k in big] + ([sum(exact[k] for k in rest) * n] if rest else [])
+    return float(chisquare(obs, [e * sum(obs) / sum(exp) for e in exp]).pvalue)
+
+
+# ------------------------------------------------------------- stand-ins
+
+
+def fake_pair(target, draft=None, heads=None, **extra) -> types.SimpleNamespace:
+    """What build_proposer reads of a loaded ModelPair, without loading a preset."""
+    return types.SimpleNamespace(target=target, draft=draft, preset="test", heads=heads, **extra)
+
+
+# ------------------------------------------------------------- an EOS inside an accepted draft
+
+
+def eos_candidate(steps: list[StepEvent], output_ids: list[int]) -> tuple[int, int]:
+    """From a run without EOS: (a token id, its index in output_ids) such that the token was drafted and accepted,
+    its step drafted at least one more token after it, and it does not occur earlier in the output, so that a rerun
+    that treats it as EOS must stop inside that draft. The latest such token, so that whole steps come before."""
+    found = None
+    for s in steps:
+        last_pos = max((t.draft_pos for t in s.tokens if t.origin in DRAFT_ORIGINS), default=-1)
+        for j, t in enumerate(s.emitted):
+            i = s.start + j
+            if t.origin == "accepted" and t.draft_pos < last_pos and output_ids.index(t.id) == i:
+                found = (t.id, i)
+    assert found is not None, "no accepted draft token with more drafted after it: the case cannot be built"
+    return found
+
+
+def assert_eos_ended_inside_a_draft(steps: list[StepEvent], summary: RunSummary, eos: int, want: list[int]) -> None:
+    """The run stopped at the EOS, which was a drafted, accepted token of its last step: that step drafted past it,
+    nothing after it was emitted (neither the drafted tokens after it nor a target token), stop_reason is 'eos'."""
+    assert summary.output_ids == want and want[-1] == eos and eos not in want[:-1]
+    assert summary.stop_reason == "eos"
+    last = steps[-1]
+    assert last.finished and last.stop_reason == "eos"
+    assert last.start + len(last.emitted) == len(want)
+    hit = last.emitted[-1]
+    assert hit.id == eos and hit.origin == "accepted", "the EOS was not an accepted drafted token"
+    assert not any(t.origin in ("resampled", "bonus") for t in last.tokens)  # no target token after the EOS
+    after = [t for t in last.tokens if t.draft_pos > hit.draft_pos]
+    assert after, "the step did not draft past the EOS"
+    assert all(t.origin == "not_reached" for t in after)  # drafted after the EOS, never emitted
+    assert last.n_drafted > hit.draft_pos + 1
