@@ -395,16 +395,17 @@ def test_oracle_never_drafts_a_rejected_token(recording):
 
 
 def test_read_trace_accepts_a_greedy_download_and_names_what_is_missing(tiny_pair, prompts):
-    from specviz.ui.lab import read_trace
+    from specviz.core.trace import read_trace
 
     target, draft = tiny_pair
     r = run(target, DraftModelProposer(draft, 3), prompts[0], GenConfig(gamma=3, max_new_tokens=20))
     steps = list(r)
     meta = {"prompt": "def add(a, b):\n    return", "preset": "tiny-random", "config": GenConfig(gamma=3).to_dict()}
-    summary, back = read_trace(trace_to_json(steps, r.summary, meta))
-    assert summary.output_ids == r.summary.output_ids and back["prompt"] == meta["prompt"]
+    back = read_trace(trace_to_json(steps, r.summary, meta), greedy=True)
+    assert back.summary.output_ids == r.summary.output_ids and back.prompt == meta["prompt"]
     with pytest.raises(ConfigError, match="greedy"):
-        read_trace(trace_to_json(steps, r.summary, {**meta, "config": {"rule": "sample"}}))
+        sampled = {**meta, "config": {"rule": "sample", "max_new_tokens": 20}}
+        read_trace(trace_to_json(steps, r.summary, sampled), greedy=True)
     with pytest.raises(ConfigError, match="prompt"):
         read_trace(trace_to_json(steps, r.summary, {}))
     with pytest.raises(ConfigError, match="summary"):

@@ -80,7 +80,7 @@ def test_out_of_vocabulary_ids_are_refused(recorded):
     "text, message",
     [
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-        ("not json", "not JSON"),
+        ("not json", "not a specviz event trace: not JSON"),
         ("[1, 2]", "no list of steps"),
         ('{"steps": [], "meta": {}, "summary": {"output_ids": [1]}}', "does not record its prompt"),
     ],

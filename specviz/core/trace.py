@@ -58,7 +58,7 @@ def read_trace(text: str | bytes, vocab_size: int | None = None, greedy: bool = 
     except RecursionError:
         raise ConfigError("that file is not a specviz event trace: it is nested too deeply") from None
     except ValueError as e:
-        raise ConfigError(f"that file is not JSON ({str(e).split(':')[0]})") from None
+        raise ConfigError(f"that file is not a specviz event trace: not JSON ({str(e).split(':')[0]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
         raise ConfigError("that file is not a specviz event trace: no list of steps")
     meta, summary = doc.get("meta"), doc.get("summary")

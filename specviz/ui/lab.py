@@ -10,7 +10,6 @@ from typing import Any
 import pandas as pd
 
 from specviz.core.config import ConfigError, whole
-from specviz.core.events import trace_from_json
 from specviz.lab import playground as pgm
 
 YIN = "Yin, Chen, Huang and Wang, “A Theoretical Perspective for Speculative Decoding Algorithm” (NeurIPS 2024)"
@@ -127,24 +126,6 @@ def table(rows: list[dict[str, Any]], cols: dict[str, str]) -> pd.DataFrame:
         for r in rows
     ]
     return pd.DataFrame(data, columns=list(cols.values()))
-
-
-def read_trace(text: str) -> tuple[Any, dict[str, Any]]:
-    """A finished greedy trace from the Run tab's download -> (summary, meta); ConfigError says what is missing."""
-    try:
-        _, summary, meta = trace_from_json(text)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"that file is not a specviz event trace ({type(e).__name__})") from None
-    if summary is None or not summary.output_ids:
-        raise ConfigError("the trace has no finished run (its summary is missing): download it after the run ends")
-    if not meta.get("prompt"):
-        raise ConfigError("the trace does not record its prompt, so the draft cannot be replayed on it")
-    if (meta.get("config") or {}).get("rule", "greedy") != "greedy":
-        raise ConfigError(
-            "replay needs a greedy run: under sampling the accepted lengths depend on the random draws, not only on "
-            "where the draft agrees"
-        )
-    return summary, meta
 
 
 def render_playground(pg: pgm.Playground) -> str:
