@@ -1,5 +1,5 @@
 """The Theory lab's words and plain helpers: its introduction and chart captions (each naming the result of Yin et
-al. (2024) or Leviathan et al. (2023) it checks), result tables, reading a Run-tab trace for replay and the toy
+al. (2024) or Leviathan et al. (2023) it checks), result tables and the toy
 playground's summary. No gradio."""
 
 from __future__ import annotations
