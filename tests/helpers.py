@@ -11,7 +11,7 @@ from scipy.stats import chisquare
 
 from specviz.backends.lm import LM
 from specviz.core.config import GenConfig
-from specviz.core.events import DRAFT_ORIGINS, RunSummary, StepEvent
+from specviz.core.events import DRAFT_ORIGINS, RunSummary, StepEvent, TokenEvent
 from specviz.core.sampling import probs_from_logits
 
 ALPHA = 1e-3  # a correct rule fails a chi-square test at this rate; a broken one fails with p-values near 0
@@ -113,3 +113,60 @@ def assert_eos_ended_inside_a_draft(steps: list[StepEvent], summary: RunSummary,
     assert after, "the step did not draft past the EOS"
     assert all(t.origin == "not_reached" for t in after)  # drafted after the EOS, never emitted
     assert last.n_drafted > hit.draft_pos + 1
+
+
+# ---------------------------------------------------------------- hand-made events for the renderers and charts
+
+
+def tok(text: str, origin: str, pos: int, p: float | None = 0.5, q: float | None = 0.4, tok_id: int = 7) -> TokenEvent:
+    drafted = origin in ("accepted", "rejected", "not_reached")
+    ratio = min(1.0, p / q) if drafted and p is not None and q else None
+    return TokenEvent(tok_id, text, origin, pos, p, q, ratio, 0.1 if drafted else None)  # type: ignore[arg-type]
+
+
+def step(i: int, tokens: list[TokenEvent], start: int = 0, total: int = 0) -> StepEvent:
+    drafted = [t for t in tokens if t.origin in ("accepted", "rejected", "not_reached")]
+    acc = sum(t.origin == "accepted" for t in tokens)
+    return StepEvent(
+        step=i,
+        start=start,
+        gamma=4,
+        tokens=tokens,
+        n_drafted=len(drafted),
+        n_accepted=acc,
+        draft_ms=4.0,
+        verify_ms=2.0,
+        elapsed_ms=10.0 * (i + 1),
+        total_tokens=total,
+        total_drafted=4 * (i + 1),
+        total_accepted=acc,
+    )
+
+
+def summary(**kw) -> RunSummary:
+    """A finished run's summary with round numbers; keywords override any field."""
+    base = dict(
+        strategy="draft",
+        rule="sample",
+        gamma=4,
+        new_tokens=30,
+        steps=10,
+        drafted=40,
+        accepted=8,
+        acceptance_rate=0.2,
+        mean_accepted=0.8,
+        tokens_per_step=3.0,
+        wall_s=1.0,
+        prefill_ms=1.0,
+        tokens_per_s=30.0,
+        draft_ms=100.0,
+        verify_ms=200.0,
+        cost_ratio=0.5,
+        tv_sum=2.5,
+        rejections=2,
+        stop_reason="max_new_tokens",
+        speedup=1.5,
+        plain_tokens_per_s=20.0,
+    )
+    base.update(kw)
+    return RunSummary(**base)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import plotly.graph_objects as go
 import pytest
-from test_render import step, summary, tok
+from helpers import step, summary, tok
 
 from specviz.core.metrics import position_stats
 from specviz.ui import charts, figures
