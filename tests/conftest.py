@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from helpers import CHROMIUM, CHROMIUM_ARGS
 
 from specviz.backends.codecs import CharCodec
 from specviz.backends.lm import LM
@@ -65,3 +68,18 @@ def small_vocab_pair():
 def prompts(codec) -> list[list[int]]:
     texts = ["def add(a, b):\n    return", "The quick brown fox", "x", "for i in range(10):\n"]
     return [codec.encode(t) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium; missing chromium or Playwright is a failure, never a skip."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"chromium not found at {CHROMIUM}: install it (apt-get install chromium) or set SPECVIZ_CHROMIUM")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        pytest.fail(f"the playwright Python package is missing ({e}): pip install playwright")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

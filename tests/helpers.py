@@ -4,8 +4,19 @@ loaded ModelPair, and the checks of an EOS that lands inside an accepted draft."
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
 import types
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
+import pytest
 import torch
 from scipy.stats import chisquare
 
@@ -170,3 +181,132 @@ def summary(**kw) -> RunSummary:
     )
     base.update(kw)
     return RunSummary(**base)
+
+
+# ---------------------------------------------------------------- the app in a subprocess, and pages in chromium
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = os.environ.get("SPECVIZ_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(args: Sequence[str] = (), env: Mapping[str, str] | None = None, log_name: str = "app.log") -> Iterator[str]:
+    """`python app.py --preset tiny-random` plus `args` in a subprocess on a free loopback port, with `env` added;
+    yields its URL once it answers. Its log (tests/artifacts/<log_name>) is shown if it dies, and must hold no
+    traceback when it is stopped."""
+    port = free_port()
+    log = ARTIFACTS / log_name
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "app.py", "--preset", "tiny-random", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--threads", "1", *args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"app.py did not answer within 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert "Traceback" not in log.read_text(), f"the app logged a traceback:\n{log.read_text()[-3000:]}"
+
+
+def open_page(browser, url: str, dark: bool = False, width: int = 1400, height: int = 1000):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(60_000)
+    page.goto(url + ("/?__theme=dark" if dark else "/?__theme=light"))
+    page.wait_for_selector("#sv-model-status .sv-ok", timeout=120_000)
+    return page
+
+
+def set_number(page, elem_id: str, value: float | int) -> None:
+    """Type into a slider's or number field's number input and commit it."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def set_prompt(page, text: str) -> None:
+    page.locator("#sv-prompt textarea").fill(text)
+
+
+def choose_rule(page, label: str) -> None:
+    page.locator("#sv-rule label", has_text=label).click()
+
+
+def choose_strategy(page, name: str) -> None:
+    """Pick a strategy in the Run tab's dropdown and check the choice took."""
+    box = page.locator("#sv-strategy input").first
+    box.click()
+    page.get_by_role("option", name=name, exact=True).click()
+    page.wait_for_function(
+        "(v) => document.querySelector('#sv-strategy input').value === v", arg=name, polling=100, timeout=10_000
+    )
+
+
+def wait_status(page, pattern: str, selector: str = "#sv-run-status", timeout: float = 90) -> str:
+    """Wait until the status text matches `pattern` (regex); return it."""
+    deadline = time.time() + timeout
+    text = ""
+    while time.time() < deadline:
+        text = page.locator(selector).inner_text()
+        if re.search(pattern, text, re.I):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"status never matched {pattern!r}; last: {text!r}")
+
+
+def figure_points(page, elem_id: str) -> list[int]:
+    """Number of points in each trace of the Plotly figure drawn in #elem_id."""
+    return page.evaluate(
+        """(id) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');
+                     return el && el.data ? el.data.map(t => (t.y || []).length) : null; }""",
+        elem_id,
+    )
+
+
+def wait_figure(page, elem_id: str, traces: int) -> list[int]:
+    """Wait until the figure in #elem_id has `traces` traces (Plotly draws asynchronously); return their sizes."""
+    page.wait_for_function(
+        """([id, n]) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');
+                          return el && el.data && el.data.length === n; }""",
+        arg=[elem_id, traces],
+    )
+    return figure_points(page, elem_id)
+
+
+def emitted_count(page) -> int:
+    return page.locator("#sv-stream .sv-tok:not(.sv-rejected):not(.sv-not-reached)").count()

@@ -13,11 +13,11 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, _free_port, set_number, wait_status  # noqa: E402
+from helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, set_number, wait_status  # noqa: E402
 
 
 def start_app(preset: str, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "app.py", "--preset", preset, "--port", str(port), "--threads", str(threads)]
     with open(log, "w") as out:

@@ -4,159 +4,38 @@ long code answer) saved under tests/artifacts/."""
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from helpers import (
+    ARTIFACTS,
+    choose_rule,
+    choose_strategy,
+    emitted_count,
+    figure_points,
+    open_page,
+    serve,
+    set_number,
+    set_prompt,
+    wait_figure,
+    wait_status,
+)
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = os.environ.get("SPECVIZ_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+# the app in a subprocess, chromium and the page helpers: tests/helpers.py and conftest.py
+
 ADD_PROMPT = "def add(a, b):\n    return a + b\n"
 CLASSES = ("sv-accepted", "sv-rejected", "sv-not-reached", "sv-resampled", "sv-bonus")
 FIGURES = ("sv-fig-tput", "sv-fig-accept", "sv-fig-hist", "sv-fig-pos", "sv-fig-theory")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url() -> Iterator[str]:
     """The app in a subprocess on a free port; its log is printed if it dies."""
-    port = _free_port()
-    log = ARTIFACTS / "app.log"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "app.py", "--preset", "tiny-random", "--port", str(port), "--threads", "1"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"app.py did not answer within 120 s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    assert "Traceback" not in log.read_text(), f"the app logged a traceback:\n{log.read_text()[-3000:]}"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium; missing chromium or Playwright is a failure, never a skip."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium not found at {CHROMIUM}: install it (apt-get install chromium) or set SPECVIZ_CHROMIUM")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        pytest.fail(f"the playwright Python package is missing ({e}): pip install playwright")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def open_page(browser, url: str, dark: bool = False, width: int = 1400, height: int = 1000):
-    page = browser.new_page(viewport={"width": width, "height": height})
-    page.set_default_timeout(60_000)
-    page.goto(url + ("/?__theme=dark" if dark else "/?__theme=light"))
-    page.wait_for_selector("#sv-model-status .sv-ok", timeout=120_000)
-    return page
-
-
-def set_number(page, elem_id: str, value: float | int) -> None:
-    """Type into a slider's or number field's number input and commit it."""
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
-
-
-def set_prompt(page, text: str) -> None:
-    page.locator("#sv-prompt textarea").fill(text)
-
-
-def choose_rule(page, label: str) -> None:
-    page.locator("#sv-rule label", has_text=label).click()
-
-
-def choose_strategy(page, name: str) -> None:
-    """Pick a strategy in the Run tab's dropdown and check the choice took."""
-    box = page.locator("#sv-strategy input").first
-    box.click()
-    page.get_by_role("option", name=name, exact=True).click()
-    page.wait_for_function(
-        "(v) => document.querySelector('#sv-strategy input').value === v", arg=name, polling=100, timeout=10_000
-    )
-
-
-def wait_status(page, pattern: str, selector: str = "#sv-run-status", timeout: float = 90) -> str:
-    """Wait until the status text matches `pattern` (regex); return it."""
-    deadline = time.time() + timeout
-    text = ""
-    while time.time() < deadline:
-        text = page.locator(selector).inner_text()
-        if re.search(pattern, text, re.I):
-            return text
-        time.sleep(0.2)
-    raise AssertionError(f"status never matched {pattern!r}; last: {text!r}")
-
-
-def figure_points(page, elem_id: str) -> list[int]:
-    """Number of points in each trace of the Plotly figure drawn in #elem_id."""
-    return page.evaluate(
-        """(id) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');
-                     return el && el.data ? el.data.map(t => (t.y || []).length) : null; }""",
-        elem_id,
-    )
-
-
-def wait_figure(page, elem_id: str, traces: int) -> list[int]:
-    """Wait until the figure in #elem_id has `traces` traces (Plotly draws asynchronously); return their sizes."""
-    page.wait_for_function(
-        """([id, n]) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');
-                          return el && el.data && el.data.length === n; }""",
-        arg=[elem_id, traces],
-    )
-    return figure_points(page, elem_id)
-
-
-def emitted_count(page) -> int:
-    return page.locator("#sv-stream .sv-tok:not(.sv-rejected):not(.sv-not-reached)").count()
+    with serve() as url:
+        yield url
 
 
 def test_run_shows_every_token_class_charts_and_summary(browser, app_url):
@@ -213,12 +92,8 @@ def test_stop_ends_a_long_run_and_leaves_the_app_ready(browser, app_url):
     other.wait_for_function(
         "/queue: \\d+\\/\\d+/i.test(document.querySelector('#sv-run-status').innerText)", polling=50, timeout=30_000
     )
-    # Stop is pressed through its DOM click handler: a mouse click waits for the page to paint frames (stable, in
-    # view, hit target), and while the live stream and charts redraw on a loaded 2-core machine that took up to a
-    # minute, long enough for a run to finish first. The button must still be there and usable.
-    stop = page.locator("#sv-stop")
-    assert stop.is_visible() and stop.is_enabled(), "Stop is not usable while a run goes"
-    stop.dispatch_event("click")
+    # a real mouse click: the live updates are small (only new steps), so the page stays idle enough to take it
+    page.locator("#sv-stop").click(timeout=10_000)
     status = wait_status(page, r"stopped after (\d+) tokens|done: \d+ tokens")
     m = re.search(r"stopped after (\d+) tokens", status)
     assert m, f"the run ended before Stop reached it: {status!r}"
@@ -245,6 +120,17 @@ def test_empty_prompt_shows_an_error_and_keeps_results(browser, app_url):
     assert page.locator("#sv-run-status .sv-error").count() == 1, status
     assert "Traceback" not in page.content()
     assert emitted_count(page) == before, "an error must not wipe the previous results"
+    # a number typed outside a slider's range is clamped by the page, and a note beside the field says so
+    set_number(page, "sv-gamma", 0)
+    note = page.locator("#sv-gamma .sv-clamp-note")
+    note.wait_for()
+    assert note.inner_text() == "gamma (draft length): 0 is below the minimum, so 1 is used"
+    assert page.locator("#sv-gamma input[type=number]").input_value() == "1"
+    set_number(page, "sv-max-new", 99999)
+    assert "max new tokens: 99999 is above the maximum, so 2000 is used" in page.locator("#sv-max-new").inner_text()
+    set_number(page, "sv-gamma", 4)
+    note.wait_for(state="detached")  # an in-range value takes the note away
+    set_number(page, "sv-max-new", 30)
     # an out-of-range setting is named too
     set_prompt(page, ADD_PROMPT)
     choose_rule(page, "speculative sampling")

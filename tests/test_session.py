@@ -84,20 +84,71 @@ def test_a_run_pressed_before_the_models_are_ready_waits():
     assert seen[-1][0] == "done"
 
 
-def test_switching_presets_closes_the_old_pair():
-    closed = []
+def test_only_offered_presets_load_and_they_stay_side_by_side():
+    loaded = []
 
     class Pair:
         def __init__(self, preset):
             self.preset, self.info = preset, {}
+            loaded.append(preset)
 
         def close(self):
-            closed.append(self.preset)
+            raise AssertionError("a visitor's choice must never unload a pair")
 
-    m = ModelManager("tiny-random", loader=lambda preset, progress=None: Pair(preset), warmup=False)
+    m = ModelManager(
+        "tiny-random", loader=lambda preset, progress=None: Pair(preset), warmup=False, allowed=["qwen-coder-3b-hub"]
+    )
+    assert m.allowed == ("tiny-random", "qwen-coder-3b-hub")
+    with pytest.raises(ConfigError, match="'qwen-coder-7b-hub' is not offered here; pick one of: tiny-random"):
+        m.request("qwen-coder-7b-hub")
+    assert loaded == [] and m.status().state == "idle"  # the refusal changed nothing
     assert list(m.wait("tiny-random"))[-1].state == "ready"
     assert list(m.wait("qwen-coder-3b-hub"))[-1].state == "ready"  # the fake loader loads nothing real
-    assert closed == ["tiny-random"] and m.pair.preset == "qwen-coder-3b-hub"
+    assert loaded == ["tiny-random", "qwen-coder-3b-hub"]
+    assert m.pair.preset == "tiny-random" and m.pair_for("qwen-coder-3b-hub").preset == "qwen-coder-3b-hub"
+    with pytest.raises(ConfigError, match="not offered"):
+        list(stream_run(m, request(preset="qwen-coder-7b-hub"), threading.Event()))
+
+
+def test_a_visitor_picking_another_offered_preset_leaves_a_running_run_alone():
+    from dataclasses import replace
+
+    from specviz.backends.loading import load_pair
+
+    def loader(preset, progress=None):  # two names for the tiny pair, loaded separately
+        return replace(load_pair("tiny-random", progress=progress), preset=preset)
+
+    m = ModelManager("tiny-random", loader=loader, warmup=False, allowed=["qwen-coder-3b-hub"])
+    assert list(m.wait("tiny-random"))[-1].state == "ready"
+    first = m.pair
+    stop = threading.Event()
+    run_a = stream_run(m, request(max_new_tokens=300), stop, min_interval=0.01)
+    for state in run_a:
+        if state.spec and state.spec.steps:
+            break  # visitor A's run is under way
+    assert list(m.wait("qwen-coder-3b-hub"))[-1].state == "ready"  # visitor B picks the other pair meanwhile
+    state = list(run_a)[-1]
+    assert state.phase == "done", state.message
+    assert state.spec.summary.stop_reason != "stopped" and m.pair is first and first.target is not None
+    b = list(stream_run(m, request(preset="qwen-coder-3b-hub", max_new_tokens=12), threading.Event()))[-1]
+    assert b.phase == "done" and b.spec.summary.new_tokens == 12
+
+
+def test_the_job_budget_stops_a_long_run_and_frees_the_models(manager):
+    manager.job_seconds = 0.5
+    try:
+        t0 = time.perf_counter()
+        final = list(
+            stream_run(manager, request(max_new_tokens=1500, strategy="layerskip", gamma=16), threading.Event())
+        )
+        assert time.perf_counter() - t0 < 10
+    finally:
+        manager.job_seconds = 180.0
+    last = final[-1]
+    assert last.phase == "stopped" and "time budget of 0.5 s" in last.message, last.message
+    assert last.spec.summary.new_tokens < 1500 and last.meta["over_budget"]
+    after = list(stream_run(manager, request(max_new_tokens=10), threading.Event()))[-1]
+    assert after.phase == "done", after.message  # the next job runs
 
 
 def test_run_measures_the_plain_baseline(manager):
@@ -180,3 +231,21 @@ def test_throttle_bounds_redraws(manager):
     wall = time.perf_counter() - t0
     assert len(states) <= wall / 0.25 + 3  # at most one snapshot per interval, plus the final one
     assert states[-1].phase == "done"
+
+
+def test_a_lab_job_past_its_budget_is_stopped_with_a_message(manager):
+    from specviz.ui.common import run_on_pair
+
+    def work(pair, w):  # a measurement that checks should_stop() between its parts, as the lab's do
+        while not w.should_stop():
+            time.sleep(0.01)
+        return "partial"
+
+    manager.job_seconds = 0.3
+    try:
+        with pytest.raises(ConfigError, match=r"^stopped: this job reached its time budget of 0.3 s"):
+            list(run_on_pair(manager, threading.Event(), "status", work))
+    finally:
+        manager.job_seconds = 180.0
+    assert manager.lock.acquire(timeout=5)  # the models are free again
+    manager.lock.release()

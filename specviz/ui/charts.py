@@ -7,12 +7,25 @@ the events it was built from."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from specviz.core.events import RunSummary, StepEvent
 from specviz.core.metrics import position_stats
 from specviz.core.theory import per_token_alpha, theory_numbers
 from specviz.ui.figures import COLORS, Figure, axis, empty_figure, figure, panels
+
+T = TypeVar("T")
+LIVE_POINTS = 120  # steps a chart draws while a run goes (the final charts draw every step)
+
+
+def thin(items: Sequence[T], limit: int = LIVE_POINTS) -> list[T]:
+    """At most `limit` items spread evenly over `items`, the first and last always kept, so a live chart's size does
+    not grow with the run."""
+    n = len(items)
+    if n <= limit:
+        return list(items)
+    return [items[round(i * (n - 1) / (limit - 1))] for i in range(limit)]
+
 
 PLAIN_NOTE = (
     "plain = the same engine without drafts (one target pass per token), same prompt and settings, run right after;<br>"

@@ -24,7 +24,7 @@ from specviz.ui.lab import CAPTIONS
 from specviz.ui.models import ModelManager, friendly
 from specviz.ui.session import RunState
 from specviz.ui.visitors import Visitors
-from specviz.ui.worker import Worker
+from specviz.ui.worker import Worker, budget_message
 
 log = logging.getLogger("specviz.ui")
 MODEL_CONCURRENCY = "models"  # every event that uses the shared models queues under this id, one at a time
@@ -124,23 +124,36 @@ def guarded(gen: Iterator[Update], status: Block) -> Iterator[Update]:
 
 
 def run_on_pair(
-    manager: ModelManager, stop: threading.Event, status: Block, work: Callable[[ModelPair, Worker], T]
+    manager: ModelManager,
+    stop: threading.Event,
+    status: Block,
+    work: Callable[[ModelPair, Worker], T],
+    preset: str | None = None,
 ) -> Generator[Update, None, T]:
-    """Wait for the models, then run work(pair, worker) in a Worker as a generation runs (the models' lock held),
-    yielding `status` updates for the wait and the work's progress; returns what the work returned. Use it as
-    `result = yield from run_on_pair(...)`; a consumer that goes away stops the work at its next check."""
-    for st in manager.wait(manager.preset):
+    """Wait for `preset`'s models (default: the manager's default preset), then run work(pair, worker) in a Worker as
+    a generation runs (the models' lock held, within the job budget), yielding `status` updates for the wait and the
+    work's progress; returns what the work returned. Use it as `result = yield from run_on_pair(...)`; a consumer that
+    goes away stops the work at its next check. A job stopped by its budget is a ConfigError saying so."""
+    preset = manager.check(preset or manager.preset)
+    for st in manager.wait(preset):
         if st.state == "error":
             raise ConfigError(st.message)
         if st.state != "ready":
             yield {status: render.render_status(f"waiting for the models: {st.message}", "busy", st.fraction)}
-    for m in Worker(manager, work, stop, name="specviz-lab").start().messages():
-        if m.kind == "progress":
+    worker = Worker(manager, work, stop, name="specviz-lab", preset=preset).start()
+    for m in worker.messages(waiting=1.0):
+        if m.kind == "waiting":  # a job outside the models' queue (a trace replay) waits for the lock here
+            yield {status: render.render_status("waiting for another visitor's job to finish", "busy")}
+        elif m.kind == "progress":
             yield {status: render.render_status(m.value, "busy", m.fraction)}
         elif m.kind == "error":
+            if worker.over_budget:
+                raise ConfigError(f"stopped: {budget_message(manager.job_seconds)}")
             if isinstance(m.value, InterruptedError):  # the lab's measurements raise it when Stop is pressed
                 raise ConfigError("stopped: press the button to measure again")
             raise m.value
         elif m.kind == "result":
+            if worker.over_budget:  # partial results are not shown as if they were whole
+                raise ConfigError(f"stopped: {budget_message(manager.job_seconds)}")
             return m.value
     raise AssertionError("the worker ended without a result")  # messages() always ends with a result or an error

@@ -1,5 +1,6 @@
 """The Compare tab: several strategies on one prompt, each in turn, plus one plain run on the same loaded models, as a
-table, a chart and the outputs side by side."""
+table, a chart and the outputs side by side. While it runs, updates stay small: the status, the table and chart (one row
+per strategy), and each run's column once, when that run ends (sent as an append)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class CompareTab:
         drafting = [s for s in STRATEGIES if s != "plain"]
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320):
-                self.c = build_controls("cmp", manager.preset, with_strategy=False)
+                self.c = build_controls("cmp", manager.preset, with_strategy=False, presets=manager.allowed)
                 self.strategies = gr.CheckboxGroup(
                     choices=drafting, value=drafting[:3], label="Strategies to compare", elem_id="cmp-strategies"
                 )
@@ -75,7 +76,8 @@ class CompareTab:
         req = self.c.request(data, strategy=strategies[0])
         greedy = req.cfg.rule == "greedy"
         plan = [*strategies, "plain"]
-        for state in stream_run(self.manager, req, stop, plan=plan, labels=plan):
+        shown, cols = -1, ""  # columns drawn so far (-1: none yet, not even the empty row) and their HTML
+        for state in stream_run(self.manager, req, stop, plan=plan, labels=plan, min_interval=0.25):
             if state.phase in ("loading", "error"):
                 yield {self.status: status_for(state)}
                 continue
@@ -83,9 +85,16 @@ class CompareTab:
             state.fraction = done / len(plan) if state.phase == "running" else None
             base = state.baseline.summary if state.baseline else None
             rows = tables.compare_rows(state.tracks, base, greedy=greedy)
-            yield {
+            up = {
                 self.status: status_for(state),
                 self.table: pd.DataFrame(rows, columns=tables.COMPARE_COLUMNS),
                 self.chart: plot(charts.compare_chart(rows)),
-                self.outputs_html: render.render_side_by_side(state.tracks, req.cfg.rule),
             }
+            # runs end in plan order, so the finished ones are a prefix; at the end every run gets its column
+            ready = len(state.tracks) if state.phase in ("done", "stopped") else done
+            if ready > shown:
+                cols, shown = render.render_side_by_side(state.tracks[:ready], req.cfg.rule, closed=False), ready
+            # sent in every update, changed or not: Gradio diffs an output against its last value, so an unchanged
+            # one costs nothing and a grown one only its new columns (left out once, it would be resent whole)
+            up[self.outputs_html] = cols
+            yield up

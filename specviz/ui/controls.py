@@ -3,8 +3,9 @@ Theory lab's shared prompt and settings (read into a GenConfig). Each group's `i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 from gradio.blocks import Block
@@ -19,6 +20,55 @@ MAX_NEW_TOKENS_UI = 2000  # the tiny models hold 2048 positions; larger presets 
 RULE_CHOICES = [("greedy", "greedy"), ("speculative sampling", "sample")]
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A number that Gradio would refuse with an exception (out of the field's range, or no number at all: only a
+    caller past the page can send one, as the page clamps): handed to the handler, which names the field."""
+
+    message: str
+
+
+def _refused(label: Any, payload: Any, lo: float, hi: float) -> Refused:
+    """The message for a number field's refused value."""
+    if not isinstance(payload, int | float) or isinstance(payload, bool):
+        return Refused(f"{label} must be a number, got {str(payload)[:40]!r}")
+    if hi == float("inf"):
+        return Refused(f"{label} must be at least {lo:g}, got {payload:g}")
+    return Refused(f"{label} must be between {lo:g} and {hi:g}, got {payload:g}")
+
+
+N = TypeVar("N", gr.Slider, gr.Number)
+
+
+def checked(component: N) -> N:
+    """`component` with its refused values (out of range, or no number) handed to the handler as a Refused, which the
+    handler names, instead of Gradio's error and a server traceback for a visitor's mistake. (A wrapped method on the
+    instance: a subclass would make Gradio write a .pyi stub beside this file.)"""
+    plain = component.preprocess
+    lo = component.minimum if component.minimum is not None else float("-inf")
+    hi = component.maximum if component.maximum is not None else float("inf")
+
+    def preprocess(payload: Any) -> Any:
+        """Gradio's preprocess, a refusal turned into a Refused."""
+        try:
+            return plain(payload)
+        except Exception:  # noqa: BLE001 - out of range, or not a number
+            return _refused(component.label, payload, lo, hi)
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+def slider(*args: Any, **kw: Any) -> gr.Slider:
+    """A checked gr.Slider."""
+    return checked(gr.Slider(*args, **kw))
+
+
+def number(*args: Any, **kw: Any) -> gr.Number:
+    """A checked gr.Number."""
+    return checked(gr.Number(*args, **kw))
+
+
 class _Group:
     """A dataclass of components: `inputs` is the set of them (Gradio then hands the handler one dict keyed by
     component) and read() maps that dict back to field names."""
@@ -28,7 +78,12 @@ class _Group:
         return set(self._components().values())
 
     def read(self, data: dict[Block, Any]) -> dict[str, Any]:
-        return {name: data[c] for name, c in self._components().items()}
+        """Field name -> value; a Refused number is a ConfigError naming its field."""
+        values = {name: data[c] for name, c in self._components().items()}
+        for v in values.values():
+            if isinstance(v, Refused):
+                raise ConfigError(v.message)
+        return values
 
     def _components(self) -> dict[str, Block]:
         return {f.name: c for f in fields(self) if (c := getattr(self, f.name)) is not None}
@@ -55,8 +110,11 @@ class Controls(_Group):
         return make_request(**{**self.read(data), **override})
 
 
-def build_controls(prefix: str, preset: str, with_strategy: bool = True) -> Controls:
-    """Prompt, examples, preset, strategy, gamma, rule, temperature, top-p, top-k, max new tokens, seed."""
+def build_controls(
+    prefix: str, preset: str, with_strategy: bool = True, presets: Sequence[str] | None = None
+) -> Controls:
+    """Prompt, examples, preset (a choice among `presets`, the ones the operator allows; default: only `preset`),
+    strategy, gamma, rule, temperature, top-p, top-k, max new tokens, seed."""
     examples = example_prompts()
     prompt = gr.Textbox(
         label="Prompt",
@@ -67,31 +125,36 @@ def build_controls(prefix: str, preset: str, with_strategy: bool = True) -> Cont
         info="Instruct presets apply their chat template; the tiny-random preset continues the text.",
     )
     example_picker(prompt, elem_id=f"{prefix}-examples")
-    presets = model_presets()
+    known = model_presets()
+    offered = list(presets or [preset])
     with gr.Row():
         preset_dd = gr.Dropdown(
-            choices=[(f"{name}", name) for name in presets],
+            choices=[(name, name) for name in offered],
             value=preset,
             label="Model pair (preset)",
             elem_id=f"{prefix}-preset",
-            info=presets.get(preset, {}).get("description", ""),
+            info=known.get(preset, {}).get("description", ""),
+            interactive=len(offered) > 1,  # one offered pair: shown, nothing to pick
+            # a value not offered reaches the handler, which refuses it with one message (Gradio's own refusal would
+            # log a traceback for every such call)
+            allow_custom_value=True,
         )
         strategy = (
             gr.Dropdown(choices=list(STRATEGIES), value=STRATEGIES[0], label="Strategy", elem_id=f"{prefix}-strategy")
             if with_strategy
             else None
         )
-    gamma = gr.Slider(1, min(16, MAX_GAMMA), value=4, step=1, label="gamma (draft length)", elem_id=f"{prefix}-gamma")
+    gamma = slider(1, min(16, MAX_GAMMA), value=4, step=1, label="gamma (draft length)", elem_id=f"{prefix}-gamma")
     rule = gr.Radio(RULE_CHOICES, value="greedy", label="Verification rule", elem_id=f"{prefix}-rule")
     with gr.Row():
-        temperature = gr.Slider(
+        temperature = slider(
             0, 2, value=1.0, step=0.05, label="temperature", info="sampling rule only", elem_id=f"{prefix}-temperature"
         )
-        top_p = gr.Slider(0.05, 1, value=1.0, step=0.01, label="top-p", info="1 = off", elem_id=f"{prefix}-top-p")
+        top_p = slider(0.05, 1, value=1.0, step=0.01, label="top-p", info="1 = off", elem_id=f"{prefix}-top-p")
     with gr.Row():
-        top_k = gr.Number(value=0, precision=0, minimum=0, label="top-k (0 = off)", elem_id=f"{prefix}-top-k")
-        seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id=f"{prefix}-seed")
-    max_new = gr.Slider(1, MAX_NEW_TOKENS_UI, value=128, step=1, label="max new tokens", elem_id=f"{prefix}-max-new")
+        top_k = number(value=0, precision=0, minimum=0, label="top-k (0 = off)", elem_id=f"{prefix}-top-k")
+        seed = number(value=0, precision=0, minimum=0, label="seed", elem_id=f"{prefix}-seed")
+    max_new = slider(1, MAX_NEW_TOKENS_UI, value=128, step=1, label="max new tokens", elem_id=f"{prefix}-max-new")
     return Controls(prompt, preset_dd, strategy, gamma, rule, temperature, top_p, top_k, max_new, seed)
 
 
@@ -106,10 +169,12 @@ class LabControls(_Group):
     seed: gr.Number
 
     def text(self, data: dict[Block, Any]) -> str:
+        self.read(data)
         return check_prompt(data[self.prompt])
 
     def config(self, data: dict[Block, Any], rule: str = "sample") -> GenConfig:
         """The GenConfig of a lab run (temperature only counts for the sampling rule); ConfigError names a bad field."""
+        self.read(data)  # a Refused number is named first
         temperature = data[self.temperature]
         if temperature is None:
             raise ConfigError("temperature needs a value")
@@ -129,11 +194,11 @@ def build_lab_controls() -> LabControls:
         prompt = gr.Textbox(label="Prompt", value=examples[0][1] if examples else "", lines=3, elem_id="lab-prompt")
         example_picker(prompt)
         with gr.Row():
-            gamma = gr.Slider(1, 16, value=4, step=1, label="gamma", elem_id="lab-gamma")
-            max_new = gr.Slider(8, 512, value=48, step=1, label="max new tokens", elem_id="lab-max-new")
+            gamma = slider(1, 16, value=4, step=1, label="gamma", elem_id="lab-gamma")
+            max_new = slider(8, 512, value=48, step=1, label="max new tokens", elem_id="lab-max-new")
         with gr.Row():
-            temperature = gr.Slider(
+            temperature = slider(
                 0.05, 2, value=1.0, step=0.05, label="temperature (parts 1, 2)", elem_id="lab-temperature"
             )
-            seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id="lab-seed")
+            seed = number(value=0, precision=0, minimum=0, label="seed", elem_id="lab-seed")
     return LabControls(prompt, gamma, max_new, temperature, seed)

@@ -22,6 +22,7 @@ from specviz.ui.visitors import Visitors
 from specviz.ui.worker import Worker
 
 PASS_SIZES = range(1, 17)  # target passes over 1..16 tokens are timed, so gammas up to 15 can be planned
+UPLOADS = "uploads"  # the queue of trace replays: their files are read there, before they wait for the models
 
 
 class PlannerPart:
@@ -69,7 +70,18 @@ class PlannerPart:
         plan_in = {*self.settings.inputs, self.gammas, self.repeats, self.conf}
         replay_in = {self.file, self.repeats, self.conf, self.state}
         self.run_btn.click(self.on_plan, plan_in, self.out.all, api_name="lab_planner", **on_models(self.status))
-        self.replay_btn.click(self.on_replay, replay_in, self.out.all, api_name="lab_replay", **on_models(self.status))
+        # an upload is read and checked outside the models' queue (its own, two at a time), so a hostile file never
+        # holds up anyone's run; the replay then waits for the models' lock like any job
+        self.replay_btn.click(
+            self.on_replay,
+            replay_in,
+            self.out.all,
+            api_name="lab_replay",
+            concurrency_limit=2,
+            concurrency_id=UPLOADS,
+            show_progress="minimal",
+            show_progress_on=[self.status],
+        )
         self.stop_btn.click(stopper(self.visitors), None, None, queue=False, api_name=False)
 
     # -- measure costs and speedups, then replay the plain run
@@ -139,18 +151,25 @@ class PlannerPart:
         trace = read_trace_file(path, greedy=True)
         summary, meta, config = trace.summary, trace.meta, trace.config
         reps, confidence = count("timing rounds", data[self.repeats]), float(data[self.conf])
+        recorded = meta.get("preset") or self.manager.preset
+        if not isinstance(recorded, str) or recorded not in self.manager.allowed:
+            raise ConfigError(
+                f"the trace was recorded with preset {str(recorded)[:80]!r}, which this app does not offer "
+                f"(offered: {', '.join(self.manager.allowed)})"
+            )
         stop = self.visitors.fresh_stop(request)
 
         def work(pair: ModelPair, w: Worker) -> dict[str, Any]:
-            if meta.get("preset") and meta["preset"] != pair.preset:
-                raise ConfigError(
-                    f"the trace was recorded with preset {meta['preset']!r} but {pair.preset!r} is loaded: "
-                    "switch the preset on the Run tab first"
-                )
             if pair.draft is None:
                 raise ConfigError(f"preset {pair.preset!r} has no draft model to replay with")
             trace.check_vocab(pair.target.vocab_size)
             ids = pair.codec.encode(trace.prompt)
+            context = min(pair.target.max_positions, pair.draft.max_positions)
+            if len(ids) + len(summary.output_ids) > context:
+                raise ConfigError(
+                    f"the trace's prompt and output are {len(ids) + len(summary.output_ids)} tokens; this model's "
+                    f"context holds {context}"
+                )
             if state and state.get("preset") == pair.preset:  # the costs measured last time still hold
                 costs = planner.Costs.from_dict(state["costs"])
             else:
@@ -160,7 +179,7 @@ class PlannerPart:
             rows = replay.replay(ag, costs, config.gamma, config.max_new_tokens, confidence)
             return {"costs": costs.to_dict(), "rows": rows, "preset": pair.preset}
 
-        res = yield from run_on_pair(self.manager, stop, self.status, work)
+        res = yield from run_on_pair(self.manager, stop, self.status, work, preset=recorded)
         yield {
             self.status: render.render_status(f"replayed the uploaded trace ({len(summary.output_ids)} tokens)", "ok"),
             self.cost_fig: plot(plan_charts.cost_chart(res["costs"])),

@@ -55,12 +55,22 @@ class BatchPart:
         stop = self.visitors.fresh_stop(request)
 
         def work(pair: ModelPair, w: Worker) -> list[dict[str, Any]]:
-            w.progress(f"running M = {', '.join(map(str, ms))} on {pair.preset}")
-            return list(batch_sweep(pair, pair.codec.encode(text), cfg, tuple(ms)))
+            ids = pair.codec.encode(text)
+            rows: list[dict[str, Any]] = []
+            for i, m in enumerate(ms):  # one M at a time, so Stop and the job budget act between settings
+                if w.should_stop():
+                    break
+                w.progress(f"running M = {m} on {pair.preset}", i / len(ms))
+                rows += batch_sweep(pair, ids, cfg, (m,))
+            single = next((r["tv_sum"] for r in rows if r["M"] == 1), None)  # the line every row charts beside
+            for r in rows:
+                r["single_draft_tv_sum"] = single
+            return rows
 
         rows = yield from run_on_pair(self.manager, stop, self.status, work)
+        note = "stopped: partial results" if stop.is_set() else f"done: {len(rows)} settings of M measured"
         yield {
-            self.status: render.render_status(f"done: {len(rows)} settings of M measured", "ok"),
+            self.status: render.render_status(note, "warn" if stop.is_set() else "ok"),
             self.fig: plot(lab_charts.batch_chart(rows)),
             self.table: table(rows, BATCH_COLUMNS),
         }

@@ -1,23 +1,24 @@
-"""The shared model pair: ModelManager loads a preset in a background thread (progress, friendly errors; a swap waits
-for the running generation and frees the old pair), `friendly` words errors for the page and `gpu_task` marks work
-that needs the GPU on a ZeroGPU Space. No gradio here."""
+"""The shared model pairs: ModelManager keeps the presets the operator allows loaded side by side (each loaded once in
+a background thread, with progress and friendly errors; a visitor can only pick among them, never unload one), bounds
+every job with a time budget, `friendly` words errors for the page and `gpu_task` marks work that needs the GPU on a
+ZeroGPU Space. No gradio here."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from specviz.backends.loading import ModelPair, load_pair
 from specviz.core.config import ConfigError, GenConfig
 from specviz.core.engine import run
-from specviz.core.presets import model_presets
 from specviz.proposers import build_proposer
 
 log = logging.getLogger("specviz.ui")
 Loader = Callable[..., ModelPair]
+JOB_SECONDS = 180.0  # the default time budget of one job on the models (Run, Compare, a lab measurement)
 
 try:  # Hugging Face ZeroGPU: GPU work must run inside spaces.GPU; elsewhere the decorator is a no-op
     import spaces  # type: ignore[import-not-found]
@@ -41,7 +42,7 @@ def friendly(e: BaseException) -> str:
 
 @dataclass(frozen=True)
 class LoadState:
-    """Where the shared model pair stands: state is idle | loading | ready | error."""
+    """Where one preset's pair stands: state is idle | loading | ready | error."""
 
     state: str
     preset: str
@@ -51,87 +52,119 @@ class LoadState:
 
 
 class ModelManager:
-    """One loaded model pair shared by all visitors. `lock` is held while a generation uses the models, so a preset
-    swap waits for it; loading happens in a background thread with progress."""
+    """The model pairs all visitors share: one per allowed preset, loaded side by side (the first is the default), so
+    a visitor's choice never unloads what another visitor's run uses. `lock` is held while a job uses any pair (one job
+    at a time on the machine); `owners[preset]` is the last job that used that pair's KV caches; `job_seconds` is every
+    job's time budget."""
 
-    def __init__(self, preset: str, loader: Loader = load_pair, warmup: bool = True) -> None:
+    def __init__(
+        self,
+        preset: str,
+        loader: Loader = load_pair,
+        warmup: bool = True,
+        allowed: Sequence[str] | None = None,
+        job_seconds: float = JOB_SECONDS,
+    ) -> None:
         self.loader = loader
         self.warmup = warmup
+        self.allowed: tuple[str, ...] = tuple(dict.fromkeys([preset, *(allowed or ())]))
+        self.job_seconds = job_seconds
         self.lock = threading.Lock()
-        self.pair: ModelPair | None = None
-        self.owner: object | None = None  # the last run that used the KV caches (step sessions replay if not them)
+        self.owners: dict[str, object] = {}
+        self._pairs: dict[str, ModelPair] = {}
+        self._states = {p: LoadState("idle", p) for p in self.allowed}
         self._cond = threading.Condition()
-        self._gen = 0
-        self._state = LoadState("idle", preset)
+        self._load_one = threading.Lock()  # loads run one after another, never two at once
 
     @property
     def preset(self) -> str:
-        return self._state.preset
+        """The default preset (the operator's first)."""
+        return self.allowed[0]
 
-    def status(self) -> LoadState:
-        with self._cond:
-            return self._state
+    @property
+    def pair(self) -> ModelPair | None:
+        """The default preset's pair (None until loaded)."""
+        return self._pairs.get(self.preset)
 
-    def _set(self, gen: int, **kw: Any) -> None:
+    def pair_for(self, preset: str) -> ModelPair | None:
+        """`preset`'s pair (None until it is loaded)."""
+        return self._pairs.get(preset)
+
+    def check(self, preset: str) -> str:
+        """`preset` when the operator allows it; otherwise a ConfigError that names the allowed ones (nothing changes)."""
+        if preset not in self.allowed:
+            raise ConfigError(
+                f"preset {preset!r} is not offered here; pick one of: {', '.join(self.allowed)} "
+                "(the operator chooses them with app.py --presets)"
+            )
+        return preset
+
+    def status(self, preset: str | None = None) -> LoadState:
+        """Where `preset` (default: the default preset) stands."""
         with self._cond:
-            if gen == self._gen:
-                self._state = LoadState(**{**self._state.__dict__, **kw})
-                self._cond.notify_all()
+            return self._states[preset or self.preset]
+
+    def statuses(self) -> list[LoadState]:
+        """Where every allowed preset stands, in the operator's order."""
+        with self._cond:
+            return [self._states[p] for p in self.allowed]
+
+    def _set(self, preset: str, **kw: Any) -> None:
+        with self._cond:
+            self._states[preset] = LoadState(**{**self._states[preset].__dict__, **kw})
+            self._cond.notify_all()
 
     def request(self, preset: str) -> LoadState:
-        """Make `preset` the loaded pair (no-op when it is loaded or loading); returns the state."""
+        """Start loading an allowed `preset` unless it is loaded or loading (a failed load is tried again); returns
+        its state. A preset outside the allowed list is a ConfigError and changes nothing."""
+        self.check(preset)
         with self._cond:
-            st = self._state
-            if st.preset == preset and st.state in ("loading", "ready"):
+            st = self._states[preset]
+            if st.state in ("loading", "ready"):
                 return st
-            if preset not in model_presets():
-                raise ConfigError(f"unknown preset {preset!r}; known presets: {', '.join(model_presets())}")
-            self._gen += 1
-            gen = self._gen
-            self._state = LoadState("loading", preset, 0.0, "waiting for the current run to finish")
-        threading.Thread(target=self._load, args=(preset, gen), name=f"load-{preset}", daemon=True).start()
-        return self.status()
+            self._states[preset] = LoadState("loading", preset, 0.0, "waiting for another preset to finish loading")
+        threading.Thread(target=self._load, args=(preset,), name=f"load-{preset}", daemon=True).start()
+        return self.status(preset)
 
-    def _load(self, preset: str, gen: int) -> None:
-        with self.lock:  # a running generation finishes before its models go
-            old, self.pair, self.owner = self.pair, None, None
-        if old is not None:
-            old.close()
-        self._set(gen, fraction=0.0, message="loading")
-        try:
-            pair = self.loader(preset, progress=lambda f, m: self._set(gen, fraction=min(f, 0.99), message=m))
-            if self.warmup:
-                self._set(gen, fraction=0.99, message="warming up")
-                warm(pair)
-        except Exception as e:  # noqa: BLE001 - a failed load is shown on the page; the app keeps running
-            log.exception("loading preset %s failed", preset)
-            self._set(gen, state="error", message=f"could not load preset {preset!r}: {friendly(e)}")
-            return
-        with self._cond:
-            if gen != self._gen:  # superseded by a newer request while loading
-                pair.close()
+    def request_all(self) -> None:
+        """Load every allowed preset, the default first (app start)."""
+        for p in self.allowed:
+            self.request(p)
+
+    def _load(self, preset: str) -> None:
+        """Load and warm `preset`'s pair (in its own thread, after any other load), then publish it."""
+        with self._load_one:
+            self._set(preset, fraction=0.0, message="loading")
+            try:
+                pair = self.loader(preset, progress=lambda f, m: self._set(preset, fraction=min(f, 0.99), message=m))
+                if self.warmup:
+                    self._set(preset, fraction=0.99, message="warming up")
+                    with self.lock:  # warming runs the models: not while a visitor's job measures on them
+                        warm(pair)
+            except Exception as e:  # noqa: BLE001 - a failed load is shown on the page; the app keeps running
+                log.exception("loading preset %s failed", preset)
+                self._set(preset, state="error", message=f"could not load preset {preset!r}: {friendly(e)}")
                 return
-            self.pair = pair
-            self._state = LoadState("ready", preset, 1.0, "ready", dict(pair.info))
+        with self._cond:
+            self._pairs[preset] = pair
+            self._states[preset] = LoadState("ready", preset, 1.0, "ready", dict(pair.info))
             self._cond.notify_all()
 
     def wait(self, preset: str, poll: float = 0.25) -> Iterator[LoadState]:
         """Request `preset` and yield its state every `poll` seconds until it is ready or failed (then yield it last)."""
         st = self.request(preset)
-        while st.state not in ("ready", "error") or st.preset != preset:
+        while st.state not in ("ready", "error"):
             yield st
             with self._cond:
                 self._cond.wait(poll)
-                st = self._state
-            if st.preset != preset:  # someone asked for another preset meanwhile: ask again
-                st = self.request(preset)
+                st = self._states[preset]
         yield st
 
     def close(self) -> None:
         with self.lock:
-            if self.pair is not None:
-                self.pair.close()
-            self.pair = None
+            for pair in self._pairs.values():
+                pair.close()
+            self._pairs.clear()
 
 
 def warm(pair: ModelPair) -> None:

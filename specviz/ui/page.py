@@ -1,5 +1,6 @@
-"""The Gradio page: the header, the shared model status and preset switch, the Run, Compare and Theory lab tabs, and
-what launch() needs (theme, stylesheet, tooltip script)."""
+"""The Gradio page: the header, the shared models' status and each visitor's choice among the offered presets, the Run,
+Compare and Theory lab tabs, and what launch() needs (theme, stylesheet, the page script: tooltips and notes on
+clamped numbers, upload size limit)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from specviz.core.presets import ASSETS_DIR, model_presets
 from specviz.ui import render
 from specviz.ui.common import Update
 from specviz.ui.compare_tab import CompareTab
+from specviz.ui.exports import ExportStore
 from specviz.ui.lab_tab import LabTab
-from specviz.ui.models import ModelManager
+from specviz.ui.models import LoadState, ModelManager
 from specviz.ui.run_tab import RunTab
 from specviz.ui.visitors import Visitors
 
@@ -23,9 +25,8 @@ keeps the ones it agrees with. Every token below is labelled by what happened to
 and the verdict.</p></div>"""
 
 
-def model_status_html(manager: ModelManager) -> str:
-    """The shared pair's status line: ready (device, dtype, load time), loading with progress, or the error."""
-    st = manager.status()
+def preset_status_html(st: LoadState) -> str:
+    """One preset's status line: ready (device, dtype, load time), loading with progress, or the error."""
     if st.state == "ready":
         info = st.info
         bits = [f"{info.get('device', '?')}", f"{info.get('dtype', '?')}"]
@@ -39,16 +40,22 @@ def model_status_html(manager: ModelManager) -> str:
     return render.render_status(f"{st.preset}: not loaded yet", "info")
 
 
-def build_app(manager: ModelManager, visitors: Visitors | None = None) -> gr.Blocks:
-    """The Blocks app; call launch(**launch_kwargs()) on it."""
+def model_status_html(manager: ModelManager) -> str:
+    """A status line for each preset the operator offers."""
+    return "".join(preset_status_html(st) for st in manager.statuses())
+
+
+def build_app(manager: ModelManager, visitors: Visitors | None = None, exports: ExportStore | None = None) -> gr.Blocks:
+    """The Blocks app; call launch(**launch_kwargs()) on it. `exports`: where the Run tab's downloads go (default: a
+    bounded folder inside Gradio's cache)."""
     visitors = visitors or Visitors()
-    with gr.Blocks(title="specviz: see speculative decoding", delete_cache=(3600, 7200)) as demo:
+    with gr.Blocks(title="specviz: see speculative decoding", delete_cache=(1800, 7200)) as demo:
         gr.HTML(HEADER)
         model_status = gr.HTML(model_status_html(manager), elem_id="sv-model-status")
         timer = gr.Timer(0.5, active=True)
         with gr.Tabs():
             with gr.Tab("Run", id="run", elem_id="sv-tab-run"):
-                run_tab = RunTab(manager, visitors)
+                run_tab = RunTab(manager, visitors, exports)
             with gr.Tab("Compare", id="compare", elem_id="sv-tab-compare"):
                 cmp_tab = CompareTab(manager, visitors)
             with gr.Tab("Theory lab", id="lab", elem_id="sv-tab-lab"):
@@ -58,18 +65,17 @@ def build_app(manager: ModelManager, visitors: Visitors | None = None) -> gr.Blo
         dropdowns = [run_tab.c.preset, cmp_tab.c.preset]
 
         def tick() -> Update:
-            # the timer polls only until a pair is ready (or failed)
-            return {
-                model_status: model_status_html(manager),
-                timer: gr.Timer(active=manager.status().state in ("idle", "loading")),
-            }
+            # the timer polls only while a pair is still loading
+            loading = any(st.state in ("idle", "loading") for st in manager.statuses())
+            return {model_status: model_status_html(manager), timer: gr.Timer(active=loading)}
 
         def switch(preset: str) -> Update:
-            """Load another pair for everyone (the old one is freed); both tabs' dropdowns follow."""
+            """A visitor picks one of the offered pairs for their own runs (all of them stay loaded, so nobody else's
+            run changes); both tabs' dropdowns follow. A preset not offered is refused with one message."""
             try:
-                manager.request(preset)
+                manager.request(preset)  # already loaded: nothing happens; offered but failed before: tried again
             except ConfigError as e:
-                return {model_status: render.render_error(str(e)), timer: gr.Timer(active=False)}
+                return {model_status: render.render_error(str(e))}
             info = model_presets().get(preset, {}).get("description", "")
             same = {dd: gr.Dropdown(value=preset, info=info) for dd in dropdowns}
             return {model_status: model_status_html(manager), timer: gr.Timer(active=True), **same}
@@ -117,12 +123,47 @@ TOOLTIP_JS = """
   // keep the tip on its token while the page scrolls; drop it when a redraw replaced that token
   document.addEventListener('scroll', () => { if (current && current.isConnected) show(current); else hide(); }, true);
   setInterval(() => { if (current && !current.isConnected) hide(); }, 400);
+  // Gradio clamps a number typed outside a slider's range when the field loses focus: say so beside the field (this
+  // runs in the capture phase, before the slider's own handler, so the typed value is still there to read)
+  const note = (block, text) => {
+    let n = block.querySelector(':scope > .sv-clamp-note');
+    if (!text) { if (n) n.remove(); return; }
+    if (!n) {
+      n = document.createElement('div');
+      n.className = 'sv-clamp-note';
+      n.setAttribute('role', 'status');
+      block.appendChild(n);
+    }
+    n.textContent = text;
+  };
+  document.addEventListener('blur', (e) => {
+    const el = e.target;
+    if (!el || el.tagName !== 'INPUT' || el.type !== 'number') return;
+    const block = el.closest('.block');
+    if (!block || !block.querySelector('input[type=range]')) return;
+    const v = parseFloat(el.value), lo = parseFloat(el.min), hi = parseFloat(el.max);
+    const info = block.querySelector('[data-testid=block-info]');
+    const label = ((info && info.textContent) || 'this field').trim();
+    if (!isNaN(v) && !isNaN(lo) && v < lo) note(block, `${label}: ${v} is below the minimum, so ${lo} is used`);
+    else if (!isNaN(v) && !isNaN(hi) && v > hi) note(block, `${label}: ${v} is above the maximum, so ${hi} is used`);
+    else note(block, '');
+  }, true);
+  // dragging the slider itself always lands in range: the note goes
+  document.addEventListener('input', (e) => {
+    const el = e.target;
+    if (el && el.type === 'range') { const b = el.closest('.block'); if (b) note(b, ''); }
+  }, true);
 }
 """
 
 
+MAX_UPLOAD = "10mb"  # a trace the lab reads is at most 8 MB (core/trace.py); a bigger upload is refused by Gradio
+
+
 def launch_kwargs() -> dict[str, Any]:
-    """Theme, stylesheet and the tooltip script (Gradio 6 takes these in launch())."""
+    """Theme, stylesheet, the page script and the upload limit (Gradio 6 takes these in launch())."""
     css = (ASSETS_DIR / "style.css").read_text(encoding="utf-8")
     theme = gr.themes.Soft(primary_hue="blue", neutral_hue="slate")
-    return {"theme": theme, "css": css, "js": TOOLTIP_JS}
+    # run_history off: Gradio 6 would copy every update of every run into the browser's localStorage (work that
+    # grows with the stream on each update, and visitors' prompts kept in a shared tool's origin)
+    return {"theme": theme, "css": css, "js": TOOLTIP_JS, "max_file_size": MAX_UPLOAD, "run_history": False}

@@ -246,8 +246,10 @@ def render_theory(s: RunSummary | None) -> str:
 # ---------------------------------------------------------------- the Compare tab
 
 
-def render_side_by_side(tracks: Sequence[Any], rule: str) -> str:
-    """Each run's coloured output in its own column (objects with .label, .steps and .summary)."""
+def render_side_by_side(tracks: Sequence[Any], rule: str, closed: bool = True) -> str:
+    """Each run's coloured output in its own column (objects with .label, .steps and .summary). closed=False leaves
+    the row open (the browser closes it), so the HTML for k + 1 runs starts with the HTML for k and a stream of them
+    is sent as appends."""
     cols = []
     for t in tracks:
         s = t.summary
@@ -261,4 +263,4 @@ def render_side_by_side(tracks: Sequence[Any], rule: str) -> str:
             f"<small>{html.escape(sub)}</small></h4>"
             f'<div class="sv-stream sv-col-stream">{render_stream(t.steps, rule=rule) if t.steps else ""}</div></div>'
         )
-    return f'<div class="sv-cols">{"".join(cols)}</div>'
+    return f'<div class="sv-cols">{"".join(cols)}' + ("</div>" if closed else "")

@@ -1,59 +1,38 @@
 """The Run tab: the live token stream, charts, classroom step mode, summary and exports, with its Run, Step and Stop
-handlers (thin: they validate, call session.py or step_mode.py and draw with render.py and charts.py)."""
+handlers (thin: they validate, call session.py or step_mode.py and draw with render.py and charts.py). While a run
+goes, each update carries only what changed: the stream's new steps through the delta component (live.py), small
+status lines and, every CHART_INTERVAL, two charts of at most charts.LIVE_POINTS steps; the full charts, text,
+tables and files come once at the end."""
 
 from __future__ import annotations
 
 import html
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio.blocks import Block
 
-from specviz.core.events import RunSummary, trace_to_json
+from specviz.core.config import ConfigError
+from specviz.core.events import RunSummary
 from specviz.core.metrics import summarize
 from specviz.core.theory import per_token_alpha, why
 from specviz.ui import charts, render, tables
 from specviz.ui.common import Outputs, Update, guarded, on_models, plot, status_for
 from specviz.ui.controls import build_controls
+from specviz.ui.exports import ExportStore
 from specviz.ui.figures import Figure
+from specviz.ui.live import DELTA_JS, LiveStream
 from specviz.ui.models import ModelManager, gpu_task
 from specviz.ui.session import RunState, stream_run
 from specviz.ui.step_mode import StepSession
 from specviz.ui.step_panel import render_step_panel
 from specviz.ui.visitors import Visitors
 
-STREAM_INTERVAL = 0.2  # seconds between redraws of the token stream while a run goes (at most 5 a second)
-CHART_INTERVAL = 0.75  # ... and of the charts, which the browser redraws slowly; the final state is always drawn
+STREAM_INTERVAL = 0.2  # seconds between updates of the token stream while a run goes (at most 5 a second)
+CHART_INTERVAL = 3.0  # ... and of the thinned charts, which the browser redraws slowly; the final state is always drawn
 STEP_NOTE = "step mode: wall time includes your pauses between steps; press Run to measure speed"
-
-
-def write_exports(state: RunState) -> tuple[str | None, str | None]:
-    """The full event trace (JSON) and the per-step table (CSV) in a fresh temporary folder."""
-    spec, base = state.spec, state.baseline
-    if spec is None or not spec.steps:
-        return None, None
-    folder = Path(tempfile.mkdtemp(prefix="specviz-"))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    req = state.request
-    meta: dict[str, Any] = {
-        "prompt": req.prompt if req else "",
-        "preset": req.preset if req else "",
-        "strategy": req.strategy if req else "",
-        "config": req.cfg.to_dict() if req else {},
-        "details": {str(k): v for k, v in state.details.items()},
-    }
-    if base is not None:
-        meta["plain_steps"] = [s.to_dict() for s in base.steps]
-        meta["plain_summary"] = base.summary.to_dict() if base.summary else None
-    trace = folder / f"specviz-trace-{stamp}.json"
-    trace.write_text(trace_to_json(spec.steps, spec.summary, meta), encoding="utf-8")
-    table = folder / f"specviz-steps-{stamp}.csv"
-    tables.steps_table(spec.steps).to_csv(table, index=False)
-    return str(trace), str(table)
 
 
 def live_summary(state: RunState) -> RunSummary | None:
@@ -76,12 +55,13 @@ def live_summary(state: RunState) -> RunSummary | None:
 class RunTab:
     """The Run tab's components and its handlers (Run, Step, Stop)."""
 
-    def __init__(self, manager: ModelManager, visitors: Visitors) -> None:
+    def __init__(self, manager: ModelManager, visitors: Visitors, exports: ExportStore | None = None) -> None:
         self.manager, self.visitors = manager, visitors
+        self.exports = exports or ExportStore()
         out = self.out = Outputs()
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320, elem_id="sv-controls"):
-                self.c = build_controls("sv", manager.preset)
+                self.c = build_controls("sv", manager.preset, presets=manager.allowed)
                 with gr.Row(elem_id="sv-buttons"):
                     self.run_btn = gr.Button("Run", variant="primary", elem_id="sv-run", min_width=80)
                     self.step_btn = gr.Button("Step", variant="secondary", elem_id="sv-step", min_width=80)
@@ -95,6 +75,9 @@ class RunTab:
                 self.kpis = out(gr.HTML("", elem_id="sv-kpis"))
                 gr.HTML(render.render_legend(), elem_id="sv-legend")
                 self.stream = out(gr.HTML(render.EMPTY_STREAM, elem_id="sv-stream", elem_classes=["sv-stream"]))
+                # the live stream's carrier: never shown; DELTA_JS appends each of its values into #sv-stream
+                delta = gr.HTML("", html_template="", js_on_load=DELTA_JS, visible="hidden", elem_id="sv-delta")
+                self.delta = out(delta)
                 with gr.Accordion("Output as plain text", open=False):
                     self.text = out(gr.Code("", language=None, elem_id="sv-text", show_label=False))
         self.step_box = out(gr.Accordion("Classroom step mode", open=False, elem_id="sv-stepmode"))
@@ -134,53 +117,73 @@ class RunTab:
 
     # -- drawing
 
-    def draw(self, state: RunState, step_mode: bool = False, charts_due: bool = True) -> Update:
-        """The outputs for one snapshot. Charts and the plain text only when `charts_due` or the run is over (the
-        browser redraws Plotly figures slowly); files and the table once the run is over."""
+    def draw(self, state: RunState, step_mode: bool = False) -> Update:
+        """The outputs for a finished run or a step-mode snapshot: everything at full resolution (the stream in step
+        mode; a run's came in deltas); the summary table and the files once the run is over."""
         req = state.request
         rule = req.cfg.rule if req else "greedy"
-        gamma = req.cfg.gamma if req else 4
         spec, base = state.spec, state.baseline
         steps = spec.steps if spec else []
-        summary = live_summary(state)
         over = state.phase in ("done", "stopped", "error")
-        kpis = render.render_kpis(summary, base.summary if base else None)
-        if over and summary:
-            kpis += f'<p class="sv-why-top">{html.escape(why(summary))}</p>'
-        current = state.current if step_mode else None
-        up: Update = {
-            self.status: status_for(state),
-            self.kpis: kpis,
-            self.stream: render.render_stream(steps, prompt=state.prompt_shown, rule=rule, current=current),
-            self.theory: render.render_theory(summary),
-        }
-        if charts_due or over or step_mode:
-            alpha = per_token_alpha(summary) if summary and summary.drafted else None
-            if step_mode:
-                tput = charts.throughput_chart(steps, note=STEP_NOTE)
-            else:
-                speed = spec.summary.speedup if spec and spec.summary else None
-                label = f"speculative ({spec.label})" if spec else ""
-                tput = charts.throughput_chart(steps, base.steps if base else (), speed, label)
-            text = spec.summary.text if spec and spec.summary else "".join(t.text for s in steps for t in s.emitted)
-            up |= {
-                self.text: text,
-                self.fig_tput: plot(tput),
-                self.fig_accept: plot(charts.acceptance_chart(steps)),
-                self.fig_hist: plot(charts.accepted_hist_chart(steps, gamma, alpha)),
-                self.fig_pos: plot(charts.position_chart(steps)),
-                self.fig_theory: plot(charts.theory_chart(summary)),
-            }
-        if step_mode:
+        up = self._numbers(state, over)
+        if step_mode:  # the stream whole: the highlighted step moves
+            up[self.stream] = render.render_stream(steps, prompt=state.prompt_shown, rule=rule, current=state.current)
             up |= self._draw_step(state, rule, over)
+        up |= self._charts(state, step_mode=step_mode)
+        text = spec.summary.text if spec and spec.summary else "".join(t.text for s in steps for t in s.emitted)
+        up[self.text] = text
         if over:
             up[self.summary] = tables.summary_table(spec.summary if spec else None, base.summary if base else None)
-            trace, csv = write_exports(state) if steps else (None, None)
+            trace, csv = self.exports.write(state) if steps else (None, None)
             if trace:
                 up[self.dl_trace] = gr.DownloadButton(value=trace, interactive=True)
             if csv:
                 up[self.dl_csv] = gr.DownloadButton(value=csv, interactive=True)
         return up
+
+    def draw_live(self, state: RunState, live: LiveStream, charts_due: bool) -> Update:
+        """A running snapshot: status, KPIs and theory (small), the stream's new steps through the delta, and every
+        CHART_INTERVAL the charts over at most charts.LIVE_POINTS steps."""
+        up = self._numbers(state, over=False)
+        up[self.delta] = live.update(state.spec.steps if state.spec else [], state.prompt_shown)
+        if charts_due:
+            up |= self._charts(state, live=True)
+        return up
+
+    def _numbers(self, state: RunState, over: bool) -> Update:
+        """Status, KPIs and the theory card."""
+        summary = live_summary(state)
+        base = state.baseline
+        kpis = render.render_kpis(summary, base.summary if base else None)
+        if over and summary:
+            kpis += f'<p class="sv-why-top">{html.escape(why(summary))}</p>'
+        return {self.status: status_for(state), self.kpis: kpis, self.theory: render.render_theory(summary)}
+
+    def _charts(self, state: RunState, step_mode: bool = False, live: bool = False) -> Update:
+        """The five charts; `live`: only the two per-step ones, over an evenly thinned set of steps (a fixed size,
+        however long the run)."""
+        req = state.request
+        gamma = req.cfg.gamma if req else 4
+        spec, base = state.spec, state.baseline
+        summary = live_summary(state)
+        steps = spec.steps if spec else []
+        shown = charts.thin(steps) if live else steps
+        base_steps = (charts.thin(base.steps) if live else base.steps) if base else []
+        alpha = per_token_alpha(summary) if summary and summary.drafted else None
+        if step_mode:
+            tput = charts.throughput_chart(shown, note=STEP_NOTE)
+        else:
+            speed = spec.summary.speedup if spec and spec.summary else None
+            label = f"speculative ({spec.label})" if spec else ""
+            tput = charts.throughput_chart(shown, base_steps, speed, label)
+        up = {self.fig_tput: plot(tput), self.fig_accept: plot(charts.acceptance_chart(shown))}
+        if live:  # Plotly's redraws are the browser's costliest work while a run goes: the other three wait for the end
+            return up
+        return up | {
+            self.fig_hist: plot(charts.accepted_hist_chart(steps, gamma, alpha)),
+            self.fig_pos: plot(charts.position_chart(steps)),
+            self.fig_theory: plot(charts.theory_chart(summary)),
+        }
 
     def _draw_step(self, state: RunState, rule: str, over: bool) -> Update:
         """Step mode: the panel on the step just taken and its p/q chart, in the opened accordion."""
@@ -204,14 +207,23 @@ class RunTab:
         v.step = None
         v.stop.clear()
         req = self.c.request(data)
-        first, last_charts = True, 0.0
+        live, last_charts = None, 0.0
         for state in stream_run(self.manager, req, v.stop, min_interval=STREAM_INTERVAL):
-            if state.phase == "loading" or (state.phase == "error" and first):
+            if state.phase == "loading" or (state.phase == "error" and live is None):
                 yield {self.status: status_for(state)}  # whatever the visitor had stays
                 continue
-            first = False
+            if live is None:  # the run's first drawn snapshot: the stream's container starts empty
+                live = LiveStream(req.cfg.rule)
+                yield {self.stream: "", self.delta: live.value}
+            if state.phase in ("done", "stopped", "error"):
+                # the end: first the status and the last steps (a small update, so Stop shows at once), then the full
+                # charts, text, table and files. The stream is not sent whole: the page has it, and Gradio's closing
+                # message repeats the last update's values, so it would go twice
+                yield self.draw_live(state, live, charts_due=False)
+                yield self.draw(state)
+                return
             due = time.perf_counter() - last_charts >= CHART_INTERVAL
-            yield self.draw(state, charts_due=due)
+            yield self.draw_live(state, live, charts_due=due)
             if due:
                 last_charts = time.perf_counter()
 
@@ -232,7 +244,11 @@ class RunTab:
                 yield {self.status: waiting}
         if v.step is None or v.step.req.key() != req.key() or v.step.finished:
             v.step = StepSession(self.manager, req)
-        v.step.advance()
+        try:
+            v.step.advance()
+        except ConfigError:
+            v.step = None  # the message says: press Step to start over, and that is what the next press does
+            raise
         yield self.draw(v.step.state(), step_mode=True)
 
     def on_stop(self, request: gr.Request) -> None:

@@ -1,10 +1,14 @@
 """Runs for the page: a visitor's RunRequest (validated controls), the RunState snapshots the page draws, and
 stream_run(), which runs strategies and the plain baseline in a Worker thread and yields throttled snapshots. No gradio
-here."""
+here.
+
+Test hook: SPECVIZ_TEST_STEP_DELAY (seconds, default 0) sleeps that long after every verification step of a run, so a
+browser test can make a 2,000-token run last long enough to press Stop in it on any machine; nothing else sets it."""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,9 +22,17 @@ from specviz.core.events import RunSummary, StepEvent
 from specviz.core.metrics import with_plain
 from specviz.proposers import STRATEGIES, build_proposer
 from specviz.ui.models import ModelManager, friendly
-from specviz.ui.worker import Message, Worker
+from specviz.ui.worker import Message, Worker, budget_message
 
 log = logging.getLogger("specviz.ui")
+
+
+def step_delay() -> float:
+    """The test hook's pause after each step (SPECVIZ_TEST_STEP_DELAY, seconds; 0 when unset or not a number)."""
+    try:
+        return max(0.0, min(1.0, float(os.environ.get("SPECVIZ_TEST_STEP_DELAY") or 0)))
+    except ValueError:
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,8 @@ def _plan_job(req: RunRequest, plan: Sequence[str]) -> Callable[[ModelPair, Work
     """The Worker's job for `plan`: each strategy in turn (the last may be the plain baseline) on the same prompt,
     every step event and summary reported with its run's index."""
 
+    delay = step_delay()
+
     def job(pair: ModelPair, w: Worker) -> None:
         ids = pair.codec.encode(req.prompt)
         for i, name in enumerate(plan):
@@ -125,6 +139,8 @@ def _plan_job(req: RunRequest, plan: Sequence[str]) -> Callable[[ModelPair, Work
             )
             for ev in r:
                 w.event(i, ev)
+                if delay:
+                    time.sleep(delay)
             assert r.summary is not None
             r.summary.text = pair.codec.decode(r.summary.output_ids)
             w.summary(i, r.summary)
@@ -158,6 +174,7 @@ def stream_run(
     baseline) and yield snapshots: at most one per `min_interval` seconds, slower when the consumer needs longer to
     draw, and always the final state. The engine runs in a Worker thread, so drawing is not inside its timings (it only
     competes for the CPU). Every snapshot is the same RunState, updated in place: draw it before asking for the next."""
+    manager.check(req.preset)  # a preset the operator does not offer: one clear message, nothing loads or changes
     plan = list(plan) if plan is not None else [req.strategy, "plain"]
     labels = list(labels) if labels is not None else [req.strategy] * (len(plan) - 1) + ["plain"]
     state = RunState("loading", "", req, [Track(lab, name) for lab, name in zip(labels, plan)])
@@ -171,7 +188,7 @@ def stream_run(
             state.fraction = st.fraction
             yield state
     state.fraction = None
-    worker = Worker(manager, _plan_job(req, plan), stop, name="specviz-run").start()
+    worker = Worker(manager, _plan_job(req, plan), stop, name="specviz-run", preset=req.preset).start()
     state.phase, state.message = "running", f"running {plan[0]}"
     interval, last, ended = min_interval, 0.0, False
     try:
@@ -184,6 +201,9 @@ def stream_run(
                     stopped = stop.is_set() or any(t.stopped for t in state.tracks)
                     state.phase = "stopped" if stopped else "done"
                     state.message = _done_message(state)
+                    if worker.over_budget:
+                        state.meta["over_budget"] = True
+                        state.message = f"{state.message.split(';')[0]}: {budget_message(manager.job_seconds)}"
                 t0 = time.perf_counter()
                 yield state
                 last = time.perf_counter()

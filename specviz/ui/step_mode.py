@@ -3,6 +3,7 @@ replaying the seeded run first when someone else used the shared models' KV cach
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,21 +42,28 @@ class StepSession:
             pair.target, proposer, ids, cfg, eos_ids=pair.codec.eos_ids, piece=pair.codec.piece, detail_top=DETAIL_TOP
         )
         self._it = iter(self._run)
+        deadline = time.monotonic() + self.manager.job_seconds  # a replay holds the models too: same budget as a job
         for old in self.steps:  # replay to where we were; seeded, so the events repeat
             ev = next(self._it)
             if [t.id for t in ev.tokens] != [t.id for t in old.tokens]:
                 raise ConfigError("the replayed run diverged from the one shown: press Step to start over")
-        self.manager.owner = self
+            if time.monotonic() > deadline:
+                self._it = None
+                raise ConfigError(
+                    f"replaying your step-by-step run passed the {self.manager.job_seconds:g} s budget of one job: "
+                    "press Step to start over"
+                )
+        self.manager.owners[self.req.preset] = self
 
     def advance(self) -> StepEvent | None:
         """One more verification step (None when the run is over)."""
         if self.finished:
             return None
         with self.manager.lock:
-            pair = self.manager.pair
-            if pair is None or pair.preset != self.req.preset:
-                raise ConfigError("the models changed since this step-by-step run began: press Step to start over")
-            if self._it is None or self.manager.owner is not self:
+            pair = self.manager.pair_for(self.manager.check(self.req.preset))
+            if pair is None:
+                raise ConfigError(f"the models of preset {self.req.preset!r} are not loaded yet: try again")
+            if self._it is None or self.manager.owners.get(self.req.preset) is not self:
                 self._start(pair)
             assert self._it is not None
             try:
