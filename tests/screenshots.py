@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]  # helpers, specviz
 from helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, set_number, wait_status  # noqa: E402
 
 
