@@ -91,6 +91,7 @@ def model_status(url: str) -> str:
     return html.unescape(client(url).predict(api_name="/tick")[0])
 
 
+@pytest.mark.slow  # serves the app in a subprocess
 def test_a_visitor_cannot_switch_or_run_a_preset_not_offered(app):
     """/switch and /run with another preset are refused in one message; the pair and a running run are untouched."""
     other = client(app).submit(*run_args(max_new=200), api_name="/run")
@@ -116,6 +117,7 @@ def test_a_visitor_cannot_switch_or_run_a_preset_not_offered(app):
     assert "qwen-coder-7b" not in (ROOT / "tests" / "artifacts" / "app-sharing.log").read_text()  # never loaded
 
 
+@pytest.mark.slow  # serves the app in a subprocess
 def test_thirty_visitors_at_once_each_get_their_own_result(app):
     """30 threads, one gradio_client visitor each, all at once: 30 whole results, each of its own prompt."""
 
@@ -167,6 +169,7 @@ def trace_variants(base: dict, folder: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+@pytest.mark.slow  # serves the app in a subprocess
 def test_hostile_uploads_get_clear_messages_and_never_hold_up_a_run(app, tmp_path):
     """Six hostile traces uploaded to the lab's replay while another visitor runs: six clear messages, and the run
     takes about its normal time."""
@@ -201,6 +204,7 @@ def test_hostile_uploads_get_clear_messages_and_never_hold_up_a_run(app, tmp_pat
         assert "Traceback" not in replies[name]
 
 
+@pytest.mark.slow  # serves the app in a subprocess
 def test_the_job_budget_stops_an_over_long_job_and_the_next_one_runs(app):
     """A run far past the budget is stopped with the budget message; the visitor queued behind it then runs."""
     long_job = client(app).submit(
@@ -217,6 +221,7 @@ def test_the_job_budget_stops_an_over_long_job_and_the_next_one_runs(app):
     assert waited < JOB_SECONDS + 30, f"the next visitor waited {waited:.0f} s"
 
 
+@pytest.mark.slow  # serves the app in a subprocess
 def test_downloads_stay_within_their_bound(app, cache):
     """More runs than --keep-exports leave exactly that many run folders, and no copies elsewhere in the cache."""
     c = client(app)
@@ -229,6 +234,7 @@ def test_downloads_stay_within_their_bound(app, cache):
     assert [p for p in cache.rglob("specviz-trace-*.json") if "specviz-exports" not in p.parts] == []
 
 
+@pytest.mark.slow  # serves the app in a subprocess
 def test_flag_mistakes_are_one_line_and_exit_2_before_any_model_loads():
     """A bad or busy port, unknown presets and a bad budget: one line on stderr, exit status 2, nothing loaded."""
     busy = socket.socket()
