@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from specviz.backends import kernels, loading, weights
+from specviz.backends import cache_reader, kernels, loading, weights
 from specviz.backends.cache import cache_ok, invalidate, write_manifest
 from specviz.backends.codecs import CharCodec
 from specviz.backends.tiny import tiny_model
@@ -124,7 +124,7 @@ def test_a_flipped_byte_in_the_float32_cache_is_refused(tmp_path, small_pieces, 
     _flip(file, _where(file, spot))
     with pytest.raises(CorruptCache):
         weights.read_folder(folder)
-    reader = weights.CacheReader([folder])
+    reader = cache_reader.CacheReader([folder])
     with pytest.raises(CorruptCache):
         reader.take(folder)
 
@@ -227,7 +227,7 @@ def test_a_damaged_packed_file_falls_back_to_the_float32_cache_and_is_dropped(tm
     file = _fake_packed(monkeypatch, model, folder)
     _flip(file, _where(file, "middle"))
     assert weights.packed_ok(file)  # the quick check passes: only the read can tell
-    loaded = loading.from_folder(folder, torch.float32, weights.CacheReader([file]))
+    loaded = loading.from_folder(folder, torch.float32, cache_reader.CacheReader([file]))
     assert _same(loaded.state_dict(), model.state_dict())  # the float32 cache, checked as it was read
     assert not file.exists() and not file.with_suffix(".json").exists()  # this start packs and saves anew
 
@@ -250,7 +250,7 @@ def test_a_damaged_float32_cache_is_rebuilt_by_the_load(tmp_path, monkeypatch, s
     src = {"source": "embedded", "name": "tiny"}
     want = cached("tiny", None)[2].state_dict()
     model, _, info = loading.load_one(
-        src, torch.float32, False, lambda f, m: None, reader=weights.CacheReader([folder])
+        src, torch.float32, False, lambda f, m: None, reader=cache_reader.CacheReader([folder])
     )
     assert info["cache"] == "hit" and _same(model.state_dict(), want)
 
@@ -258,7 +258,7 @@ def test_a_damaged_float32_cache_is_rebuilt_by_the_load(tmp_path, monkeypatch, s
     _flip(file, _where(file, "middle"))
     assert cache_ok(folder, "sha")  # the quick check passes: the read finds it
     model, _, info = loading.load_one(
-        src, torch.float32, False, lambda f, m: None, reader=weights.CacheReader([folder])
+        src, torch.float32, False, lambda f, m: None, reader=cache_reader.CacheReader([folder])
     )
     assert info["cache"] == "built" and "fail their checksum" in info["damaged"] and len(built) == 2
     assert _same(model.state_dict(), want)
@@ -279,12 +279,12 @@ def test_a_damaged_real_packed_file_falls_back_and_is_packed_again(tmp_path):
     file = weights.save_packed(packed, folder)
     assert file is not None
     _flip(file, _where(file, "middle"))
-    model = loading.from_folder(folder, torch.float32, weights.CacheReader([file]))
+    model = loading.from_folder(folder, torch.float32, cache_reader.CacheReader([file]))
     assert weights.packed_dtype(model) is None and not file.exists()
     place = loading._Placement(torch.device("cpu"), torch.float32, True, {}, lambda f, m: None)
     place.finish(model, "target", folder)
     assert weights.packed_ok(file)
-    again = loading.from_folder(folder, torch.float32, weights.CacheReader([file]))
+    again = loading.from_folder(folder, torch.float32, cache_reader.CacheReader([file]))
     ids = torch.tensor([CharCodec().encode("def f(x):")])
     with torch.inference_mode():
         assert torch.equal(again(ids).logits, packed(ids).logits)

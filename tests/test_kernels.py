@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from specviz.backends import cache_reader
 from specviz.backends.codecs import CharCodec
 from specviz.backends.fastpath import target_fast_path
 from specviz.backends.kernels import PackedEmbedding, PackedLinear, kernel, swap_linears, unpack_rows
@@ -157,7 +158,7 @@ def test_packed_weights_saved_once_load_as_they_were(tmp_path, monkeypatch, wide
     assert file is not None and weights.packed_ok(file)
     assert file.name.startswith("float32-" if wide else "bfloat16-")
     assert not any(k.endswith(".packed") for k in weights.read_folder(tmp_path))  # the float32 read skips them
-    loaded = loading.from_folder(tmp_path, torch.float32, weights.CacheReader([file]))
+    loaded = loading.from_folder(tmp_path, torch.float32, cache_reader.CacheReader([file]))
     assert weights.packed_dtype(loaded) == (torch.float32 if wide else torch.bfloat16)
     ids = torch.tensor([codec.encode("def f(x): return x + 1")])
     with torch.inference_mode():
@@ -167,7 +168,7 @@ def test_packed_weights_saved_once_load_as_they_were(tmp_path, monkeypatch, wide
         raise RuntimeError("a module layout this code does not know")
 
     monkeypatch.setattr(loading, "from_packed", broken)  # unusable packed weights: the float32 cache is loaded
-    assert weights.packed_dtype(loading.from_folder(tmp_path, torch.float32, weights.CacheReader([file]))) is None
+    assert weights.packed_dtype(loading.from_folder(tmp_path, torch.float32, cache_reader.CacheReader([file]))) is None
     with open(file, "r+b") as f:  # corrupt the last MiB: the fingerprint no longer matches
         f.seek(-8, 2)
         f.write(b"\xff" * 8)

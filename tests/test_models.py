@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specviz.backends import embedded, loading, weights
+from specviz.backends import cache_reader, embedded, loading, weights
 from specviz.backends.cache import cache_ok, write_manifest
 from specviz.backends.codecs import CharCodec, Codec
 from specviz.backends.embedded import EmbeddedModel
@@ -135,7 +135,7 @@ def test_cache_reader_hands_over_each_models_weights_in_order(tmp_path):
         big = torch.randn(300_000, 64, generator=g)  # several of the reader's 64 MiB pieces
         save_file({"w": big, "b": torch.randn(7, generator=g).bfloat16()}, folders[name] / "m.safetensors")
     file = folders["b"] / "m.safetensors"
-    reader = weights.CacheReader([folders["a"], file, folders["a"], None])
+    reader = cache_reader.CacheReader([folders["a"], file, folders["a"], None])
     assert reader.take(tmp_path / "elsewhere") is None
     first = reader.take(folders["a"])
     assert first.keys() == {"w", "b"}
@@ -146,7 +146,7 @@ def test_cache_reader_hands_over_each_models_weights_in_order(tmp_path):
     assert reader.take(folders["a"]) is None  # all three handed over
 
     file.write_bytes(file.read_bytes()[:-100])
-    reader = weights.CacheReader([file])
+    reader = cache_reader.CacheReader([file])
     with pytest.raises(ConfigError, match="truncated"):
         reader.take(file)
 

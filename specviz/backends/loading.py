@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from specviz.backends.cache import cached_embedded, cached_file, embedded_folder, invalidate
+from specviz.backends.cache_reader import CacheReader
 from specviz.backends.codecs import ByteCodec, Codec, HFCodec
 from specviz.backends.devices import pick_device, pick_dtype
 from specviz.backends.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
@@ -21,7 +22,6 @@ from specviz.backends.kernels import kernel, prebuild
 from specviz.backends.lm import LM
 from specviz.backends.tiny import shapes_model, tiny_pair
 from specviz.backends.weights import (
-    CacheReader,
     CorruptCache,
     drop_packed,
     evict,
