@@ -4,6 +4,7 @@ speedup as total plain time over total strategy time, and the table formatter.""
 from __future__ import annotations
 
 import pytest
+from helpers import summary
 
 from specviz.backends.loading import load_pair
 from specviz.bench.suite import aggregate, bench_rows, summary_row
@@ -12,37 +13,24 @@ from specviz.core.config import GenConfig
 from specviz.core.events import RunSummary
 
 
-def summary(strategy: str, drafted: int, accepted: int, steps: int, wall_s: float) -> RunSummary:
-    return RunSummary(
-        strategy=strategy,
-        rule="greedy",
-        gamma=4,
-        new_tokens=steps + accepted,
-        steps=steps,
-        drafted=drafted,
-        accepted=accepted,
-        acceptance_rate=accepted / drafted if drafted else 0.0,
-        mean_accepted=accepted / steps,
-        tokens_per_step=(steps + accepted) / steps,
-        wall_s=wall_s,
-        prefill_ms=0.0,
-        tokens_per_s=(steps + accepted) / wall_s,
-        draft_ms=0.0,
-        verify_ms=0.0,
-        cost_ratio=None,
-        tv_sum=0.0,
-        rejections=steps if accepted < drafted else 0,
-        stop_reason="max_new_tokens",
-    )
+def run_summary(strategy: str, drafted: int, accepted: int, steps: int, wall_s: float) -> RunSummary:
+    """The shared hand-made summary with one run's counts and time."""
+    tokens = steps + accepted
+    return summary(
+        strategy=strategy, rule="greedy", new_tokens=tokens, steps=steps, drafted=drafted, accepted=accepted,
+        acceptance_rate=accepted / drafted if drafted else 0.0, mean_accepted=accepted / steps,
+        tokens_per_step=tokens / steps, wall_s=wall_s, tokens_per_s=tokens / wall_s, cost_ratio=None,
+        rejections=steps if accepted < drafted else 0, speedup=None, plain_tokens_per_s=None,
+    )  # fmt: skip
 
 
 def test_a_prompt_whose_drafts_were_all_rejected_counts_in_the_acceptance_rate():
     cfg = GenConfig()
     rows = []
     for name, accepted in (("copies", 8), ("prose", 0)):  # 8 drafted on each prompt
-        plain = summary("plain", 0, 0, 8, 1.0)
+        plain = run_summary("plain", 0, 0, 8, 1.0)
         rows.append(summary_row("edit", name, plain, None, cfg))
-        rows.append(summary_row("edit", name, summary("ngram", 8, accepted, 2 if accepted else 8, 0.5), plain, cfg))
+        rows.append(summary_row("edit", name, run_summary("ngram", 8, accepted, 2 if accepted else 8, 0.5), plain, cfg))
     (agg,) = [r for r in aggregate(rows, "suite") if r["strategy"] == "ngram"]
     assert agg["acceptance"] == pytest.approx(8 / 16)  # not 8 / 8, as when the 0% prompt dropped out
     assert agg["tokens"] == 10 + 8 and agg["steps"] == 2 + 8
