@@ -1,4 +1,5 @@
-"""LM: a transformers causal LM with its own KV cache; forward() feeds only new tokens and crop() rolls the cache back."""
+"""LM: a transformers causal LM with its own KV cache; forward() feeds only new tokens (a chain, or a token tree under a
+tree mask: forward_tree), keep_path() keeps a tree's accepted path and crop() rolls the cache back."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from specviz.backends.attention import Visibility, exact_enabled, install
 
 
 class LM:
@@ -15,6 +18,7 @@ class LM:
         from transformers import DynamicCache
 
         self.model = model.eval()
+        install(self.model)  # exact attention after the prefill: a row's result never depends on the other rows
         self.name = name
         self._cache_cls = DynamicCache
         self.device = next(model.parameters()).device
@@ -34,18 +38,61 @@ class LM:
 
     def reset(self) -> None:
         self.cache = self._cache_cls(config=self.model.config)
+        self._tree: tuple[int, list[tuple[list[int], int]]] | None = None  # the last pass's tree (forward_tree)
 
     @property
     def length(self) -> int:
         """Tokens held in the KV cache."""
         return self.cache.get_seq_length()
 
-    @torch.inference_mode()
     def forward(self, ids: Sequence[int], keep: int | None = None) -> torch.Tensor:
         """Feed ids after the cached ones; logits of the last `keep` positions (all when None). -> (keep, V)"""
-        x = torch.tensor([list(ids)], device=self.device)  # (1, T)
-        out = self.model(input_ids=x, past_key_values=self.cache, use_cache=True, logits_to_keep=keep or 0)
-        return out.logits[0]  # (keep, V)
+        return self.forward_tree(ids, list(range(-1, len(ids) - 1)), keep)
+
+    @torch.inference_mode()
+    def forward_tree(
+        self, ids: Sequence[int], parents: Sequence[int], keep: int | None = None, extend: bool = False
+    ) -> torch.Tensor:
+        """Feed a token tree after the cached ones in ONE pass: node t (ids[t]) follows node parents[t], or the cached
+        tokens when -1, and sees only the cache before the tree and its ancestors (a chain: parents [-1, 0, 1, ...]).
+        extend: the nodes continue the previous tree pass, numbered after its nodes (a draft grows its tree level by
+        level). Nodes are cached in the order fed; keep_path() then keeps the accepted path. -> logits (keep, V)"""
+        return self._pass([list(ids)], parents, keep, extend)[0]
+
+    @torch.inference_mode()
+    def keep_path(self, base: int, path: Sequence[int]) -> None:
+        """After a tree pass fed at `base` cached tokens, keep nodes `path` (pass indices, root first) as the tokens
+        after the first `base`, and drop the rest."""
+        path = list(path)
+        if path != list(range(len(path))):  # a chain's prefix is already in place
+            idx = torch.tensor([base + i for i in path], device=self.device)
+            for layer in self.cache.layers:
+                layer.keys[:, :, base : base + len(path)] = layer.keys.index_select(2, idx)
+                layer.values[:, :, base : base + len(path)] = layer.values.index_select(2, idx)
+        self.crop(base + len(path))
+
+    def _pass(self, rows: list[list[int]], parents: Sequence[int], keep: int | None, extend: bool = False) -> torch.Tensor:
+        """One forward of M rows sharing one tree shape. The prompt's pass (an empty cache) runs the model's own
+        causal attention; every later pass runs exact attention over each row's visible keys. -> (M, keep, V)"""
+        if not extend or self._tree is None:
+            self._tree = (self.length, [])
+        base, nodes = self._tree  # nodes: per node of the tree so far, (its visible slots after base, its depth)
+        start, slot = len(nodes), self.length
+        for t, par in enumerate(parents):
+            if not -1 <= par < start + t:
+                raise ValueError(f"node {start + t}'s parent {par} is not an earlier node of the tree (or -1)")
+            seen, depth = nodes[par] if par >= 0 else ([], 0)
+            nodes.append((seen + [slot + t], depth + 1))
+        x = torch.tensor(rows, device=self.device)  # (M, T)
+        kw: dict[str, Any] = {}
+        if base or parents != list(range(-1, len(parents) - 1)):
+            new = nodes[start:]
+            pos = torch.tensor([base + d - 1 for _, d in new], device=self.device).expand(len(rows), -1)
+            vis = Visibility(tuple(torch.tensor([*range(base), *seen], device=self.device) for seen, _ in new))
+            mask: object = vis if exact_enabled() else vis.dense(slot + len(parents), self.model.dtype)
+            kw = {"position_ids": pos, "attention_mask": {"full_attention": mask, "sliding_attention": mask}}
+        out = self.model(input_ids=x, past_key_values=self.cache, use_cache=True, logits_to_keep=keep or 0, **kw)
+        return out.logits  # (M, keep, V)
 
     def reserve(self, n: int) -> None:
         """The run ahead needs n positions (a dynamic cache needs no notice; StaticLM fixes its attention window)."""
@@ -73,9 +120,7 @@ class LM:
         repeated to M rows first (select_row() goes back to one). -> (M, keep, V)"""
         if len(rows) > 1 and self.rows == 1:
             self.cache.batch_repeat_interleave(len(rows))
-        x = torch.tensor([list(r) for r in rows], device=self.device)  # (M, T)
-        out = self.model(input_ids=x, past_key_values=self.cache, use_cache=True, logits_to_keep=keep or 0)
-        return out.logits
+        return self._pass([list(r) for r in rows], list(range(-1, len(rows[0]) - 1)), keep)
 
     def select_row(self, row: int) -> None:
         """Keep only cache row `row`."""

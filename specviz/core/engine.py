@@ -10,19 +10,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 
 from specviz.core.config import ConfigError, GenConfig
-from specviz.core.events import RunSummary, StepEvent, TokenEvent
+from specviz.core.events import RunSummary, StepEvent, TokenEvent, TreeNode
 from specviz.core.metrics import summarize
 from specviz.core.model import LanguageModel
 from specviz.core.proposal import NoProposer, Outcome, Proposal, Proposer
 from specviz.core.sampling import Sampler, at_least_fp32
-from specviz.core.token_events import MultiCheck, TokenLabeller
-from specviz.core.verify import (
-    Verdict,
-    greedy_verify,
-    multi_draft_verify,
-    multi_greedy_verify,
-    relaxed_verify,
-)
+from specviz.core.token_events import TokenLabeller, TreeCheck
+from specviz.core.tree import Tree, tree_greedy_verify, tree_sample_verify
+from specviz.core.verify import Verdict, greedy_verify, relaxed_verify
 
 Hook = Callable[[StepEvent], None]
 
@@ -96,11 +91,12 @@ class SpecRun:
             prop = self.proposer.propose(ctx, cfg.max_new_tokens - len(out) - 1, sampler)
             # 2 and 3. score [last] + drafts in ONE target pass, then the rule decides what survives
             t_verify = time.perf_counter()
-            multi, n_drafted = None, len(prop.ids)
-            if prop.candidates is not None:  # several drafts: verify them all, then go on with the one kept
-                multi = self._verify_multi(ctx[-1], prop, sampler, first)
-                n_drafted = sum(len(c) for c in prop.candidates)  # every drafted token of every candidate
-                logits, verdict, p, prop = multi.logits, multi.result.verdict, multi.p, multi.chosen
+            tree, n_drafted = None, len(prop.ids)
+            if prop.tree is not None:  # a token tree: every node in one pass under a tree mask, then the tree walk
+                tree = self._verify_tree(ctx[-1], prop.tree, sampler, first)
+                n_drafted = len(prop.tree)  # every node of the tree
+                logits, p, prop = tree.logits[tree.rows(tree.result.path)], tree.p, tree.chosen
+                verdict = Verdict(tree.result.n_accepted, tree.result.token, tree.result.origin)
             else:
                 logits, verdict, p = self._verify(ctx[-1], prop, sampler, first)
             n, k = verdict.n_accepted, len(prop.ids)
@@ -109,17 +105,27 @@ class SpecRun:
             if hit_eos is not None:  # nothing after an EOS is emitted, even inside an accepted draft
                 emitted = emitted[: hit_eos + 1]
                 stop_reason = "eos"
-            # 4. roll back: ctx[-1] and the kept drafts stay cached
-            self.target.crop(len(ctx) + min(n, len(emitted)))
-            tokens, detail = self._label(ctx, prop, verdict, multi, emitted, p)
+            # 4. roll back: ctx[-1] and the kept drafts stay cached (a tree's accepted path, moved into place)
+            hidden = self.target.last_hidden if self.proposer.wants_hidden else None
+            if tree is not None:
+                path = list(tree.result.path[: min(n, len(emitted))])
+                if first is None:  # the pass fed [ctx[-1]] + nodes after len(ctx) - 1 cached tokens
+                    self.target.keep_path(len(ctx) - 1, tree.rows(path))
+                    hidden = hidden[tree.rows(tree.result.path)] if hidden is not None else None
+                else:  # step 0: the pass fed the nodes only
+                    self.target.keep_path(len(ctx), path)
+                    hidden = hidden[list(tree.result.path)] if hidden is not None else None
+            else:
+                self.target.crop(len(ctx) + min(n, len(emitted)))
+            tokens, detail, nodes = self._label(ctx, prop, verdict, tree, emitted, p)
             t_end = time.perf_counter()
             n_kept = sum(t.origin == "accepted" for t in tokens)
             ctx += emitted
             out += emitted
             # 5. tell the proposer how its guesses fared (helper heads also get the pass's hidden states)
-            hidden = self.target.last_hidden if self.proposer.wants_hidden and multi is None else None
             if hidden is not None and first is not None:  # step 0: the prompt pass's last row, then the drafts'
-                hidden = torch.cat([first_hidden, hidden]) if prop.ids else first_hidden
+                fed = bool(prop.ids) if tree is None else len(tree.tree) > 0  # else no pass: last_hidden is stale
+                hidden = torch.cat([first_hidden, hidden]) if fed else first_hidden
             first = None
             self.proposer.update(Outcome(k, n_kept, len(ctx), logits, hidden))
             # 6. the step's event, to the hooks and the caller
@@ -142,6 +148,7 @@ class SpecRun:
                 finished=done,
                 stop_reason=stop_reason if done else None,
                 detail=detail,
+                tree=nodes,
             )
             self.steps.append(ev)
             for hook in self.hooks:
@@ -166,17 +173,18 @@ class SpecRun:
         ctx: list[int],
         prop: Proposal,
         verdict: Verdict,
-        multi: MultiCheck | None,
+        tree: TreeCheck | None,
         emitted: list[int],
         p: torch.Tensor | None,
-    ) -> tuple[list[TokenEvent], dict | None]:
-        """The step's token events and, when asked for, the detail panel (token_events.py does the labelling)."""
+    ) -> tuple[list[TokenEvent], dict | None, list[TreeNode] | None]:
+        """The step's token events, the detail panel when asked for, and a tree step's nodes (token_events.py does
+        the labelling)."""
         want_detail = bool(self.labeller.detail_top) and p is not None
-        if multi is not None:
-            tokens = self.labeller.multi(ctx, multi, emitted)
-            return tokens, self.labeller.multi_detail(ctx, multi, tokens) if want_detail else None
+        if tree is not None:
+            tokens, nodes = self.labeller.tree(ctx, tree, emitted)
+            return tokens, self.labeller.tree_detail(ctx, tree, tokens) if want_detail else None, nodes
         tokens = self.labeller.chain(ctx, prop, verdict, emitted, p)
-        return tokens, self.labeller.detail(ctx, prop, tokens, p) if want_detail and p is not None else None
+        return tokens, self.labeller.detail(ctx, prop, tokens, p) if want_detail and p is not None else None, None
 
     def run(self) -> RunSummary:
         """Consume the whole run; return its summary."""
@@ -205,23 +213,23 @@ class SpecRun:
         # relax = 0 (the default) is speculative_verify itself: the lossless rule, same random draws
         return logits, relaxed_verify(draft, p, q, sampler, self.cfg.relax, self.cfg.relax_family), p
 
-    def _verify_multi(self, last: int, prop: Proposal, sampler: Sampler, given: torch.Tensor | None = None) -> MultiCheck:
-        """Several drafts: ONE batched target pass over M rows of [last] + candidate, the multi-draft rule, then only
-        the kept row's cache stays (the caller crops it as for one draft). `given` as for _verify."""
-        cands = prop.candidates or []
+    def _verify_tree(self, last: int, tree: Tree, sampler: Sampler, given: torch.Tensor | None = None) -> TreeCheck:
+        """Steps 2 and 3 for a token tree: ONE target pass over [last] + every node under a tree mask (each node sees
+        the context and its ancestors), then the tree walk. `given` as for _verify (step 0: the nodes only)."""
         if given is None:
-            logits = self.target.forward_rows([[last] + c for c in cands])
+            logits = self.target.forward_tree([last] + tree.ids, [-1] + [par + 1 for par in tree.parents])
         else:
-            out = self.target.forward_rows(cands)  # (M, k, V)
-            logits = torch.cat([given.expand(len(cands), 1, -1).to(out.dtype), out], dim=1)
-        logits = at_least_fp32(logits)  # (M, k+1, V)
-        p = sampler.probs(logits) if not sampler.greedy or self.instrument else None  # (M, k+1, V)
-        q = prop.candidate_q.to(logits.device, logits.dtype) if prop.candidate_q is not None else None  # (M, k, V)
-        ids = torch.tensor(cands, device=logits.device)  # (M, k)
-        res = multi_greedy_verify(ids, logits) if sampler.greedy else multi_draft_verify(ids, p, q, sampler)
-        self.target.select_row(res.row)
-        chosen = Proposal(list(cands[res.row]), q[res.row] if q is not None else None)
-        return MultiCheck(prop, res, chosen, logits[res.row], p)
+            logits = torch.cat([given, self.target.forward_tree(tree.ids, tree.parents)]) if len(tree) else given
+        logits = at_least_fp32(logits)  # (N+1, V)
+        p = sampler.probs(logits) if not sampler.greedy or self.instrument else None  # (N+1, V)
+        res = tree_greedy_verify(tree, logits) if sampler.greedy else tree_sample_verify(tree, p, sampler)
+        # the accepted path as one draft, with the first refused try below it (the detail panel's rejected guess)
+        end = res.path[-1] if res.path else -1
+        below = next((t.node for t in res.tries if not t.accepted and tree.parents[t.node] == end), None)
+        chain = list(res.path) + ([below] if below is not None else [])
+        q = tree.q[chain] if tree.q is not None and chain else None
+        return TreeCheck(tree, res, Proposal([tree.ids[i] for i in chain], q), logits, p)
+
 
 def run(target: LanguageModel, proposer: Proposer | None, prompt_ids: Sequence[int], cfg: GenConfig, **kw) -> SpecRun:
     """Build a run; iterate it for StepEvents (or call .run() for the summary)."""

@@ -34,6 +34,24 @@ class TokenEvent:
 
 
 @dataclass(frozen=True)
+class TreeNode:
+    """One guess of a token tree (a step that verified a tree of guesses in one pass). Nodes are listed parents first;
+    parent -1 is the tree's root, the context's last token. verdict: "accepted" (on the path the target kept),
+    "rejected" (tried by the rule and refused), "not_reached" (below a refused or untried node, never decided).
+    p: the target's probability of the token at its parent, q the proposer's (None: no draft probabilities),
+    accept_prob: min(1, p/q) at the rule's try (sampling: with the residual after its rejected elder siblings)."""
+
+    id: int
+    text: str
+    parent: int
+    depth: int  # 1 for the root's children
+    verdict: str
+    p: float | None = None
+    q: float | None = None
+    accept_prob: float | None = None
+
+
+@dataclass(frozen=True)
 class StepEvent:
     """One verification step: what was drafted, what the target decided, timings and running totals."""
 
@@ -54,6 +72,9 @@ class StepEvent:
     # with detail_top=N: the top tokens at the position where the target spoke (a rejection, or the bonus):
     # {"position", "token_ids", "tokens", "p", "q" (None without draft probabilities), "residual" (None unless rejected)}
     detail: dict[str, Any] | None = None
+    # a tree step only: every node verified in the pass (its `tokens` then hold the accepted path, the tries refused
+    # along it, and the target's own token, as for a chain)
+    tree: list[TreeNode] | None = None
 
     @property
     def drafted(self) -> list[TokenEvent]:
@@ -74,6 +95,8 @@ class StepEvent:
     def from_dict(cls, d: dict[str, Any]) -> StepEvent:
         d = dict(d)
         d["tokens"] = [TokenEvent(**t) for t in d["tokens"]]
+        if d.get("tree") is not None:
+            d["tree"] = [TreeNode(**n) for n in d["tree"]]
         return cls(**d)
 
 

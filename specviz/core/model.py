@@ -41,6 +41,14 @@ class LanguageModel(Protocol):
         """Feed ids after the cached ones; logits of the last `keep` positions (all when None). -> (keep, V)"""
         ...
 
+    def forward_tree(self, ids: Sequence[int], parents: Sequence[int], keep: int | None = None) -> torch.Tensor:
+        """Feed a token tree in ONE pass: node t follows node parents[t] (-1: the cached tokens) and sees only the cache
+        and its ancestors; its logits are bitwise those of the chain that holds it. -> (keep, V)"""
+        ...
+
+    def keep_path(self, base: int, path: Sequence[int]) -> None:
+        """After a tree pass fed at `base` cached tokens, keep its nodes `path` (root first) and drop the rest."""
+
     def forward_rows(self, rows: Sequence[Sequence[int]], keep: int | None = None) -> torch.Tensor:
         """Feed M equally long continuations at once, one cache row each. -> (M, keep, V)"""
         ...

@@ -8,18 +8,18 @@ from dataclasses import dataclass
 import torch
 
 from specviz.core.sampling import Sampler
+from specviz.core.tree import Tree
 
 
 @dataclass
 class Proposal:
     """Up to gamma guessed tokens. q: (k, V) draft distributions, processed like p; None means q = one-hot on each guess.
-    A multi-draft proposal also carries `candidates`, M guesses of one length k (ids and q are the first's), and
-    `candidate_q` (M, k, V), what each candidate token was drawn from; the engine then verifies all M at once."""
+    A tree proposal carries `tree` instead (ids and q unused): a token tree of guesses (several drafts merged by their
+    shared prefixes, or a tree grown on purpose), which the engine verifies in one pass under a tree mask."""
 
     ids: list[int]
     q: torch.Tensor | None = None
-    candidates: list[list[int]] | None = None
-    candidate_q: torch.Tensor | None = None
+    tree: Tree | None = None
 
     @property
     def tensor(self) -> torch.Tensor:

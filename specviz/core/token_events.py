@@ -10,28 +10,35 @@ from dataclasses import dataclass
 import torch
 
 from specviz.core import relaxed
-from specviz.core.events import TokenEvent
+from specviz.core.events import TokenEvent, TreeNode
 from specviz.core.proposal import Proposal
 from specviz.core.sampling import draft_probs, residual, tv_distance
-from specviz.core.verify import MultiVerdict, Verdict
+from specviz.core.tree import ROOT, NodeTry, Tree, TreeVerdict
+from specviz.core.verify import Verdict
 
 Piece = Callable[[Sequence[int], int], str]  # (context ids, token) -> the token's text in that context
 
 
 @dataclass(frozen=True)
-class MultiCheck:
-    """One multi-draft verification: the M candidates, the rule's result, the kept candidate as a one-draft proposal,
-    the kept row's logits (k+1, V), and p over every row (M, k+1, V) or None."""
+class TreeCheck:
+    """One tree verification: the tree, the rule's result, the accepted path as a one-draft proposal (its ids, then
+    the first refused try below it, if any), the target's logits (N+1, V) and p (N+1, V) or None over every node
+    (row 0 the root's, row i+1 node i's)."""
 
-    prop: Proposal
-    result: MultiVerdict
+    tree: Tree
+    result: TreeVerdict
     chosen: Proposal
     logits: torch.Tensor
     p_all: torch.Tensor | None
 
+    def rows(self, nodes: Sequence[int]) -> list[int]:
+        """Logit rows of the root, then of `nodes`."""
+        return [0] + [i + 1 for i in nodes]
+
     @property
     def p(self) -> torch.Tensor | None:
-        return self.p_all[self.result.row] if self.p_all is not None else None
+        """p along the accepted path (n+1, V), as a chain's."""
+        return self.p_all[self.rows(self.result.path)] if self.p_all is not None else None
 
 
 @dataclass(frozen=True)
@@ -114,61 +121,78 @@ class TokenLabeller:
         rows = [accept, relaxed.drift(p[:k], q, lam, family), relaxed.rejection_prob(p[:k], q, lam, family)]
         return torch.stack(rows).tolist()
 
-    def multi(self, ctx: list[int], mv: MultiCheck, emitted: list[int]) -> list[TokenEvent]:
-        """Several drafts: every try in the order made (accepted, or rejected), the kept candidate's unchecked tail
-        (not_reached), then the target's token. Under sampling a try's accept_prob and tv are the rule's own at that
-        try: min(1, p'(x)/q(x)) and TV(p', q), p' being p after the rejections before it (so TV sums to the expected
-        rejected tries); under greedy they are from p, for display, as with one draft."""
-        res, verdict, chosen = mv.result, mv.result.verdict, mv.chosen
-        n, k = verdict.n_accepted, len(chosen.ids)
-        kept = min(n, len(emitted))  # an EOS inside the accepted run cuts it short: later tries are not shown
+    def tree(self, ctx: list[int], tc: TreeCheck, emitted: list[int]) -> tuple[list[TokenEvent], list[TreeNode]]:
+        """A tree step: its tokens as for several drafts (every try in the order made, then the target's token) and
+        every node of the tree with its verdict, p at its parent, q, and the rule's acceptance probability."""
+        tree, res = tc.tree, tc.result
+        depths = tree.depths
+        kept = min(res.n_accepted, len(emitted))  # an EOS inside the accepted path cuts it short
         final = len(emitted) > kept
-        tries = [t for t in res.tries if final or t.position < kept]
-        rows = [(t.row, t.position, t.token, "accepted" if t.accepted else "rejected") for t in tries]
-        rows += [(res.row, i, chosen.ids[i], "not_reached") for i in range(n + 1 if final else kept, k)]
-        if final:
-            rows.append((res.row, n, emitted[-1], verdict.origin))
+        accepted = set(res.path[:kept])
+        tries = [t for t in res.tries if final or depths[t.node] - 1 < kept]
+        tried: dict[int, object] = {}
+        for t in tries:
+            tried.setdefault(t.node, t)
+        refused = {t.node for t in tries if not t.accepted} - accepted
         stats: list[list[float]] = []
-        if self.instrument and mv.p_all is not None:
-            dev = mv.p_all.device
-            r, i, x = (torch.tensor(c, device=dev) for c in list(zip(*rows))[:3])
-            ic = i.clamp_max(k - 1)
-            has_q = i < k  # a bonus token has no draft distribution
-            px = mv.p_all[r, i, x]  # (E,)
-            if mv.prop.candidate_q is not None:
-                q = mv.prop.candidate_q.to(dev, px.dtype)
-                qx = torch.where(has_q, q[r, ic, x], -torch.ones_like(px))
-                tv = torch.where(has_q, tv_distance(mv.p_all[r, ic], q[r, ic]), torch.zeros_like(px))
+        if self.instrument and tc.p_all is not None and len(tree):
+            dev = tc.p_all.device
+            ids = torch.tensor(tree.ids, device=dev)
+            par = torch.tensor([pa + 1 for pa in tree.parents], device=dev)
+            px = tc.p_all[par, ids]  # (N,)
+            if tree.q is not None:
+                q = tree.q.to(dev, px.dtype)
+                qx = q[torch.arange(len(tree), device=dev), ids]
+                tv = tv_distance(tc.p_all[par], q)
             else:  # q = one-hot on each guess
-                qx = torch.where(has_q, torch.ones_like(px), -torch.ones_like(px))
-                tv = torch.where(has_q, 1 - px, torch.zeros_like(px))
+                qx, tv = torch.ones_like(px), 1 - px
             stats = torch.stack([px, qx, tv]).tolist()
-        events, prev = [], list(ctx)
-        for e, (_, pos, tok, origin) in enumerate(rows):
-            px = qx = ratio = tv = None
-            if stats:
-                px, qx = stats[0][e], stats[1][e] if stats[1][e] >= 0 else None
-                if origin in ("accepted", "rejected", "not_reached"):
-                    ratio, tv = min(1.0, px / qx) if qx else 0.0, stats[2][e]
-                if e < len(tries) and tries[e].accept_prob is not None:
-                    ratio, tv = tries[e].accept_prob, tries[e].tv
-            text = self.piece(prev, tok) if self.instrument else ""
-            events.append(
-                TokenEvent(id=tok, text=text, origin=origin, draft_pos=pos, p=px, q=qx, accept_prob=ratio, tv=tv)  # type: ignore[arg-type]
-            )
-            if origin == "accepted":
-                prev.append(tok)
-        return events
+        pieces: dict[int, str] = {}
 
-    def multi_detail(self, ctx: list[int], mv: MultiCheck, tokens: list[TokenEvent]) -> dict:
-        """_detail at the position where the target spoke, with the tokens tried there; the residual shown is the one
-        the correction was drawn from (after every rejection at that position)."""
+        def text(node: int) -> str:  # a node's text after its own path
+            if node not in pieces:
+                prev = list(ctx) + [tree.ids[a] for a in tree.path_to(node)[:-1]]
+                pieces[node] = self.piece(prev, tree.ids[node]) if self.instrument else ""
+            return pieces[node]
+
+        def numbers(node: int, attempt: object | None) -> tuple[float | None, float | None, float | None, float | None]:
+            if not stats:
+                return None, None, None, None
+            px, qx, tv = stats[0][node], stats[1][node], stats[2][node]
+            ratio = min(1.0, px / qx) if qx else 0.0
+            if attempt is not None and attempt.accept_prob is not None:  # type: ignore[attr-defined]
+                ratio, tv = attempt.accept_prob, attempt.tv  # type: ignore[attr-defined]
+            return px, qx, ratio, tv
+
+        events = []
+        for t in tries + [NodeTry(i, True) for i in res.path[kept:]]:
+            # a path node below an EOS was accepted by the rule but never emitted: not reached, as in a chain
+            origin = "rejected" if not t.accepted else "accepted" if t.node in accepted else "not_reached"
+            px, qx, ratio, tv = numbers(t.node, t)
+            events.append(TokenEvent(tree.ids[t.node], text(t.node), origin, depths[t.node] - 1, px, qx, ratio, tv))  # type: ignore[arg-type]
+        if final:
+            last = res.path[kept - 1] if kept else ROOT
+            px = float(tc.p_all[last + 1, emitted[-1]]) if self.instrument and tc.p_all is not None else None
+            prev = list(ctx) + [tree.ids[a] for a in res.path[:kept]]
+            events.append(
+                TokenEvent(emitted[-1], self.piece(prev, emitted[-1]) if self.instrument else "", res.origin, kept, px)  # type: ignore[arg-type]
+            )
+        nodes = []
+        for i in range(len(tree)):
+            verdict = "accepted" if i in accepted else "rejected" if i in refused else "not_reached"
+            px, qx, ratio, _ = numbers(i, tried.get(i))
+            nodes.append(TreeNode(tree.ids[i], text(i), tree.parents[i], depths[i], verdict, px, qx, ratio))
+        return events, nodes
+
+    def tree_detail(self, ctx: list[int], tc: TreeCheck, tokens: list[TokenEvent]) -> dict:
+        """detail() where the target spoke at the end of the accepted path; the residual shown is the one the
+        correction was drawn from (after every refused sibling there)."""
         kept = sum(t.origin == "accepted" for t in tokens)
         here = [t for t in tokens if t.origin == "accepted" or t.draft_pos == kept]
-        assert mv.p is not None
-        detail = self.detail(ctx, mv.chosen, here, mv.p)
-        if mv.result.residual is not None and detail["residual"] is not None:
-            detail["residual"] = mv.result.residual[detail["token_ids"]].tolist()
+        assert tc.p is not None
+        detail = self.detail(ctx, tc.chosen, here, tc.p)
+        if tc.result.residual is not None and detail["residual"] is not None:
+            detail["residual"] = tc.result.residual[detail["token_ids"]].tolist()
         return detail
 
     @staticmethod

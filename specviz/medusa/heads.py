@@ -70,6 +70,18 @@ class MedusaHeads(torch.nn.Module):
         top, best = probs.max(-1)
         return self.vocab_ids[best.to(self.vocab_ids.device)].tolist(), top.tolist()
 
+    @torch.inference_mode()
+    def top(self, h: torch.Tensor, k: int, width: int) -> tuple[list[list[int]], list[list[float]]]:
+        """One hidden state (H,) -> the top-`width` token ids of each of the first k heads and their probabilities,
+        best first: the choices a Medusa token tree is built from."""
+        if self._rows is None:
+            raise RuntimeError("MedusaHeads.bind(lm_head_weight) first")
+        x = h.reshape(1, -1).to(self._rows.dtype)
+        states = torch.cat([blk(x) for blk in self.blocks[:k]])  # (k, H)
+        probs = torch.softmax(states @ self._rows.T, dim=-1)  # (k, V')
+        top, best = probs.topk(min(width, probs.shape[-1]), dim=-1)  # (k, width)
+        return self.vocab_ids[best.to(self.vocab_ids.device)].tolist(), top.tolist()
+
     def round_to_half(self) -> MedusaHeads:
         """Round the weights to float16 values (what the file stores), so the heads evaluated are the heads shipped."""
         with torch.no_grad():

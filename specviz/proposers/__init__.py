@@ -25,9 +25,10 @@ strategies are ignored, so one options dict can serve while switching strategy; 
                  new prompt (about L * L/2 partial passes over the prompt, slow on big models).
              Neither given: skip every other layer of the second half, never the last (layer_skip.default_skip).
              Also adaptive, max_gamma, confidence as for draft.
-  multidraft the draft model drafts M candidates at once; the target verifies all M in one batched pass and keeps
-             one by SpecInfer's multi-step speculative sampling (Miao et al. 2024; greedy: the candidate matching
-             the target's argmax longest). Needs a preset with a draft model.
+  multidraft the draft model drafts M candidates at once; they merge into a token tree by their shared prefixes,
+             the target verifies it in one pass under a tree mask, and SpecInfer's multi-step speculative sampling
+             walks it (Miao et al. 2024; greedy: the candidate matching the target's argmax longest). Needs a preset
+             with a draft model.
              drafts (int 1..8, default 4): M, the number of candidates (rule 'sample': independent draws from q;
                  greedy: the draft's top-M first tokens, each continued greedily).
   medusa     trained helper heads on the target's last hidden state guess the next gamma tokens (at most one per
@@ -38,6 +39,13 @@ strategies are ignored, so one options dict can serve while switching strategy; 
                  oneDNN layers, where a pass over 5 tokens cost about 1.7x a one-token pass, 0.3 measured 1.34-1.41x
                  over plain on the code suite against 1.02-1.09x with 0 (our kernel's 5-token pass costs about 1.14x:
                  not re-tuned since).
+  drafttree  the draft model grows a token tree (EAGLE-2's dynamic tree, Li et al. 2024): gamma levels, each level
+             expanding the tree_width likeliest nodes in one draft pass; verified in one target pass under a tree
+             mask. tree_nodes (int 1..64, default 16): the node budget; tree_width (int 1..8, default 4).
+  medusatree Medusa's tree: head i's top tree_width tokens under every node of depth i, the tree_nodes likeliest
+             paths by the product of head probabilities. Needs `heads`, as medusa.
+  ngramtree  prompt lookup as a tree: every earlier match of the suffix n-gram (up to tree_width, most recent first)
+             is a branch. ngram_max, ngram_min as for ngram; tree_nodes, tree_width.
 """
 
 from __future__ import annotations
@@ -57,9 +65,24 @@ from specviz.proposers.ngram import SURE as NGRAM_SURE
 from specviz.proposers.ngram import NgramProposer, find_candidates
 from specviz.proposers.options import opt_bool, opt_float, opt_int, opt_layers
 from specviz.proposers.random_guess import RandomProposer
+from specviz.proposers.trees import NODES, WIDTH, DraftTreeProposer, MedusaTreeProposer, NgramTreeProposer
 
 MEDUSA_CONFIDENCE = 0.3
-STRATEGIES = ("draft", "ngram", "medusa", "jacobi", "layerskip", "multidraft", "random", "plain")
+STRATEGIES = (
+    "draft",
+    "ngram",
+    "medusa",
+    "jacobi",
+    "layerskip",
+    "multidraft",
+    "drafttree",
+    "medusatree",
+    "ngramtree",
+    "random",
+    "plain",
+)
+TREES = ("drafttree", "medusatree", "ngramtree", "multidraft")  # strategies whose steps verify a token tree
+_TREE_KNOBS = ("tree_nodes", "tree_width")
 
 _MODEL_KNOBS = ("adaptive", "max_gamma", "confidence")
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -71,6 +94,9 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "layerskip": ("exit_layer", "skip", *_MODEL_KNOBS),
     "multidraft": ("drafts",),
     "medusa": ("confidence",),
+    "drafttree": _TREE_KNOBS,
+    "medusatree": _TREE_KNOBS,
+    "ngramtree": ("ngram_max", "ngram_min", *_TREE_KNOBS),
 }
 
 
@@ -95,6 +121,8 @@ def build_proposer(name: str, pair: Any, cfg: GenConfig) -> Proposer:
         return RandomProposer(pair.target.vocab_size, cfg.gamma, cfg.seed)
     if name == "jacobi":
         return JacobiProposer(cfg.gamma, opt_int(opts, "pool_ngram", 3, 0, 8, name))
+    if name in ("drafttree", "medusatree", "ngramtree"):
+        return _tree(name, pair, cfg, opts)
     if name == "multidraft":
         if pair.draft is None:
             raise ConfigError(f"preset {pair.preset!r} has no draft model: pick another strategy")
@@ -124,6 +152,23 @@ def build_proposer(name: str, pair: Any, cfg: GenConfig) -> Proposer:
     return prop
 
 
+def _tree(name: str, pair: Any, cfg: GenConfig, opts: dict[str, Any]) -> Proposer:
+    nodes = opt_int(opts, "tree_nodes", NODES, 1, 64, name)
+    width = opt_int(opts, "tree_width", WIDTH, 1, 8, name)
+    if cfg.relax > 0:
+        raise ConfigError(f"relax applies to single-draft strategies; {name} walks its tree by the lossless rule: set relax to 0")
+    if name == "ngramtree":
+        hi = opt_int(opts, "ngram_max", 3, 1, 32, name)
+        return NgramTreeProposer(cfg.gamma, hi, opt_int(opts, "ngram_min", 1, 1, hi, name), nodes, width)
+    if name == "medusatree":
+        from specviz.medusa import heads_for
+
+        return MedusaTreeProposer(pair.target, heads_for(pair), cfg.gamma, nodes, width)
+    if pair.draft is None:
+        raise ConfigError(f"preset {pair.preset!r} has no draft model: pick another strategy")
+    return DraftTreeProposer(pair.draft, cfg.gamma, nodes, width)
+
+
 def _layer_skip(pair: Any, cfg: GenConfig, opts: dict[str, Any], confidence: float) -> LayerSkipProposer:
     name = "layerskip"
     n = len(decoder_layers(pair.target.model))
@@ -147,6 +192,10 @@ def _layer_skip(pair: Any, cfg: GenConfig, opts: dict[str, Any], confidence: flo
 __all__ = [
     "OPTIONS",
     "STRATEGIES",
+    "TREES",
+    "DraftTreeProposer",
+    "MedusaTreeProposer",
+    "NgramTreeProposer",
     "AdaptiveGamma",
     "DraftModelProposer",
     "JacobiProposer",

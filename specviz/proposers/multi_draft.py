@@ -1,4 +1,5 @@
-"""Multi-draft proposer: the pair's draft model drafts M candidate continuations at once, one KV-cache row each."""
+"""Multi-draft proposer: the pair's draft model drafts M candidate continuations at once, one KV-cache row each; they
+merge into one token tree by their shared prefixes, which the target verifies in one pass."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from specviz.core.model import LanguageModel
 from specviz.core.proposal import Proposal, Proposer, common_prefix_len
 from specviz.core.sampling import Sampler, at_least_fp32, sample
+from specviz.core.tree import Tree
 
 
 class MultiDraftProposer(Proposer):
@@ -24,6 +26,7 @@ class MultiDraftProposer(Proposer):
         self.lm = draft
         self.drafts = drafts
         self.fed: list[list[int]] = []  # per cache row, the tokens whose keys/values it holds
+        self.last_candidates: list[list[int]] = []  # the M candidates behind the last tree, in draw order
 
     def reset(self, prompt_ids: Sequence[int]) -> None:
         self.lm.reset()
@@ -52,4 +55,5 @@ class MultiDraftProposer(Proposer):
         cands = torch.stack(toks, 1).tolist()  # (M, k)
         q = torch.stack(qs, 1)  # (M, k, V)
         self.fed = [list(ctx) + c[:-1] for c in cands]  # a candidate's last token is never fed
-        return Proposal(cands[0], q[0], candidates=cands, candidate_q=q)
+        self.last_candidates = cands
+        return Proposal([], tree=Tree.merged(cands, q))
