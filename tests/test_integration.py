@@ -1,8 +1,10 @@
-"""The embedded pair, offline: greedy speculative output equals plain greedy on real prompts (float32, CPU)."""
+"""The embedded pair, offline: greedy speculative output equals plain greedy on real prompts (float32, CPU), token
+trees included, whose nodes get bitwise the logits of their chains on the real layers."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from specviz.backends.loading import load_pair
 from specviz.bench.suite import aggregate, bench_rows
@@ -38,6 +40,37 @@ def test_embedded_pair_greedy_speculative_equals_plain(pair, prompt):
     assert spec.acceptance_rate > 0.3  # the real draft agrees with the real target most of the time
     assert spec.tokens_per_step > 1.5
     assert pair.codec.decode(plain.output_ids).strip()
+
+
+@pytest.mark.parametrize("strategy", ["drafttree", "medusatree", "ngramtree", "multidraft"])
+def test_embedded_pair_token_trees_equal_plain(pair, strategy):
+    ids = pair.codec.encode(PROMPTS[0])
+    cfg = GenConfig(gamma=4, max_new_tokens=24, options={"tree_nodes": 24})
+    kw = dict(eos_ids=pair.codec.eos_ids, piece=pair.codec.piece)
+    plain = run(pair.target, None, ids, cfg, **kw).run()
+    r = run(pair.target, build_proposer(strategy, pair, cfg), ids, cfg, **kw)
+    steps = list(r)
+    assert r.summary.output_ids == plain.output_ids
+    assert any(st.tree and len(st.tree) > 1 for st in steps) or strategy == "ngramtree"
+
+
+def test_embedded_tree_pass_is_bitwise_the_chains(pair):
+    """On the real target (packed kernel, exact attention): a 3-branch tree's nodes against each chain alone."""
+    lm = pair.target
+    ids = pair.codec.encode(PROMPTS[1])
+    toks = pair.codec.encode(" le la les")[-6:]
+    parents = [-1, 0, 1, -1, 3, 0]  # two branches under the root, one forking after the first token
+    chains = [[0, 1, 2], [3, 4], [0, 5]]
+    lm.reset()
+    lm.forward(ids[:-1])
+    both = lm.forward_tree([ids[-1]] + toks, [-1] + [p + 1 for p in parents])
+    for chain in chains:
+        lm.reset()
+        lm.forward(ids[:-1])
+        alone = lm.forward([ids[-1]] + [toks[i] for i in chain])
+        assert torch.equal(both[0], alone[0])
+        for j, node in enumerate(chain):
+            assert torch.equal(both[node + 1], alone[j + 1]), (chain, node)
 
 
 def test_chat_template_is_applied(pair):

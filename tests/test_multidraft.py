@@ -23,7 +23,6 @@ from helpers import (
 from specviz.backends.lm import LM
 from specviz.backends.tiny import perturbed_copy
 from specviz.core import tree as trees
-from specviz.core import verify
 from specviz.core.config import ConfigError, GenConfig
 from specviz.core.engine import run
 from specviz.core.events import trace_from_json, trace_to_json

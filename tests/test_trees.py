@@ -51,7 +51,8 @@ def random_tree(rng: random.Random, vocab: int, nodes: int, depth: int, width: i
 SHAPES = [(1, 1, 1), (6, 6, 1), (16, 3, 4), (40, 5, 8), (64, 6, 8), (64, 2, 8)]  # (nodes, depth, width)
 
 
-def _exact_models():
+@pytest.fixture(scope="module")
+def exact_models():
     """(name, a fresh-cache model factory) of the two paths whose passes must be batch-invariant: the CPU path (LM,
     exact attention, our packed kernel) and the GPU path's StaticLM (padded gathered attention), both float32."""
     if kernel()[0] is None:
@@ -62,10 +63,10 @@ def _exact_models():
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_every_node_gets_bitwise_the_logits_of_its_chain_alone(shape):
+def test_every_node_gets_bitwise_the_logits_of_its_chain_alone(exact_models, shape):
     rng = random.Random(sum(shape))
     prompt = [rng.randrange(90) for _ in range(23)]
-    for name, make in _exact_models():
+    for name, make in exact_models:
         lm = make()
         tree = random_tree(rng, 90, *shape)
         lm.reset()
@@ -81,11 +82,11 @@ def test_every_node_gets_bitwise_the_logits_of_its_chain_alone(shape):
             assert torch.equal(both[0], alone[0])
 
 
-def test_kept_path_continues_exactly_as_the_chain_would():
+def test_kept_path_continues_exactly_as_the_chain_would(exact_models):
     """After keep_path, the cache is the accepted chain's: the next pass gives bitwise the chain run's logits; a draft
     that grows its tree level by level (extend) gets the same logits as one pass over the whole tree."""
     rng = random.Random(3)
-    for name, make in _exact_models():
+    for name, make in exact_models:
         lm = make()
         prompt = [rng.randrange(90) for _ in range(11)]
         tree = random_tree(rng, 90, 30, 4, 4)
@@ -249,7 +250,7 @@ def test_forgetting_repeated_draws_is_caught():
     assert counts(False) < ALPHA
 
 
-@pytest.mark.parametrize("strategy", ["drafttree", "ngramtree"])
+@pytest.mark.parametrize("strategy", ["drafttree", pytest.param("ngramtree", marks=pytest.mark.slow)])
 def test_engine_tree_sampling_matches_target_joint_distribution(small_vocab_pair, strategy):
     """Two-token outputs of the full engine (draft tree grown level by level, one tree pass, the kept path moved into
     place) follow the target's exact joint distribution with temperature and top-k on."""

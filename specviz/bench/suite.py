@@ -96,6 +96,7 @@ def aggregate(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
                 "steps": steps,
                 "mean_accepted": accepted / steps if steps else 0.0,
                 "tokens_per_step": tokens / steps if steps else 0.0,
+                "nodes_per_step": drafted / steps if steps else 0.0,  # guesses verified per pass (a tree's nodes)
                 "acceptance": accepted / drafted if drafted else 0.0,
                 "tokens_per_s": tokens / wall if wall else 0.0,
                 "speedup": base / wall if wall and strat != "plain" else 1.0,

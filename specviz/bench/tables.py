@@ -42,6 +42,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ("steps", "{}"),
         ("mean_accepted", "{:.2f}"),
         ("tokens_per_step", "{:.2f}"),
+        ("nodes_per_step", "{:.1f}"),
         ("acceptance", "{:.1%}"),
         ("tokens_per_s", "{:.2f}"),
         ("speedup", "{:.2f}x"),

@@ -19,7 +19,7 @@ from specviz.core.events import RunSummary
 from specviz.core.presets import suite_prompts
 from specviz.proposers import build_proposer
 
-TARGETS = ("baseline", "overhead", "assisted", "speedups", "startup", "gpu")
+TARGETS = ("baseline", "overhead", "attention", "assisted", "speedups", "startup", "gpu")
 Log = Callable[[str], None]
 
 
@@ -171,6 +171,42 @@ def check_overhead(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, stra
         f"{on:.2f} s vs {off:.2f} s",
         same,
     )
+
+
+def check_attention(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log) -> list[TargetRow]:
+    """What exactness costs: plain decoding and the draft strategy with exact per-row attention (a row's result
+    independent of the pass, specviz/backends/attention.py) against the model's own SDPA with a dense mask
+    (SPECVIZ_EXACT_ATTENTION=0), runs interleaved."""
+    import os
+
+    rows = []
+    for strategy in ("plain", "draft"):
+        exact = dense = 0.0
+        same = True
+        for i, (_, name, prompt) in enumerate(_prompts(suite, limit)):
+            ids = pair.codec.encode(prompt)
+            log(f"attention: {strategy} on {name}")
+            out = {}
+            for mode in ("1", "0") if i % 2 == 0 else ("0", "1"):
+                os.environ["SPECVIZ_EXACT_ATTENTION"] = mode
+                try:
+                    out[mode] = run_strategy(pair, strategy, ids, cfg, instrument=False)
+                finally:
+                    os.environ.pop("SPECVIZ_EXACT_ATTENTION", None)
+            exact, dense = exact + out["1"].wall_s, dense + out["0"].wall_s
+            same &= out["1"].output_ids == out["0"].output_ids
+        rows.append(
+            TargetRow(
+                "2b exact attention",
+                f"{strategy}: exact per-row attention / SDPA with a dense mask (time)",
+                exact / dense,
+                "<=",
+                1.10,
+                f"{exact:.2f} s vs {dense:.2f} s",
+                same,
+            )
+        )
+    return rows
 
 
 def stock_modules(pair: ModelPair) -> tuple[Any, Any] | None:

@@ -52,6 +52,8 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
             rows.append(tg.check_baseline(pair, cfg, suite, args.limit, log))
         elif name == "overhead":
             rows.append(tg.check_overhead(pair, cfg, suite, args.limit, "draft", log))
+        elif name == "attention":
+            rows += tg.check_attention(pair, cfg, suite, args.limit, log)
         elif name == "assisted":
             rows += tg.check_assisted(pair, cfg, suite, args.limit, log)
         elif name == "speedups":
