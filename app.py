@@ -1,5 +1,6 @@
 """Composition root: parse and check flags (a mistake is one line and exit 2, before any model loads), start loading
-the offered model pairs in the background, build the Gradio app and launch it."""
+the offered model pairs in the background, build the Gradio app and launch it. On a Hugging Face Space, which runs
+`python app.py` with no flags, $SPECVIZ_ARGS holds them."""
 
 from __future__ import annotations
 
@@ -7,16 +8,22 @@ import argparse
 import errno
 import logging
 import os
+import shlex
 import socket
 import sys
 from functools import partial
 from typing import NoReturn
 
+from specviz.backends.cache import cache_dir
 from specviz.backends.loading import load_pair
+from specviz.backends.spaces import on_space, on_zero_gpu
 from specviz.core.presets import default_preset, model_presets
 from specviz.ui.exports import KEEP_RUNS, MAX_MB, ExportStore
 from specviz.ui.models import JOB_SECONDS, ModelManager
 from specviz.ui.page import build_app, launch_kwargs
+from specviz.ui.zerogpu import expose
+
+ZERO_GPU_JOB_SECONDS = 60.0  # a ZeroGPU call holds a GPU that visitors share, out of their daily quota
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -53,8 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--job-seconds",
         type=float,
-        default=JOB_SECONDS,
-        help=f"time budget of one visitor's job on the models; a job past it is stopped (default: {JOB_SECONDS:g})",
+        default=None,
+        help=f"time budget of one visitor's job on the models; a job past it is stopped (default: {JOB_SECONDS:g}; "
+        f"{ZERO_GPU_JOB_SECONDS:g} on ZeroGPU, where a job holds a shared GPU)",
     )
     p.add_argument("--keep-exports", type=int, default=KEEP_RUNS, help=f"runs whose downloads are kept ({KEEP_RUNS})")
     p.add_argument("--exports-mb", type=float, default=MAX_MB, help=f"disk for all kept downloads, MB ({MAX_MB:g})")
@@ -65,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--port must be between 1 and 65535, got {args.port}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
+    if args.job_seconds is None:
+        args.job_seconds = ZERO_GPU_JOB_SECONDS if on_zero_gpu() else JOB_SECONDS
     if not 1 <= args.job_seconds <= 86400:
         p.error(f"--job-seconds must be between 1 and 86400, got {args.job_seconds:g}")
     if args.keep_exports < 1:
@@ -118,9 +128,18 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def env_args() -> list[str]:
+    """The flags in $SPECVIZ_ARGS (how a Space's operator sets them), split like a shell would."""
+    try:
+        return shlex.split(os.environ.get("SPECVIZ_ARGS", ""))
+    except ValueError as e:
+        fail(f"$SPECVIZ_ARGS cannot be read as flags: {e}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Check the flags and the port, then serve the app (loading the offered presets once the server is up)."""
-    args = parse_args(argv)
+    """Check the flags ($SPECVIZ_ARGS, then the command line's) and the port, then serve the app (loading the offered
+    presets once the server is up)."""
+    args = parse_args([*env_args(), *(sys.argv[1:] if argv is None else argv)])
     problem = check_port(args.host, args.port)
     if problem:
         fail(problem)
@@ -132,7 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     manager = ModelManager(
         args.preset, loader=partial(load_pair, device=args.device), allowed=args.presets, job_seconds=args.job_seconds
     )
+    if on_space():  # the compiled CPU kernel beside the model cache: where that persists, both survive a restart
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
     demo = build_app(manager, exports=ExportStore(keep=args.keep_exports, max_mb=args.exports_mb))
+    # ZeroGPU: each GPU call waits for the loads (a GPU worker forked before a pair is loaded would never see it)
+    expose(demo, duration=args.job_seconds + 30, gate=manager.settle)
     demo.queue(max_size=64)
     demo.launch(
         server_name=args.host,

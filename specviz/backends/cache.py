@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 
 from specviz.backends.embedded import EMBEDDED, assemble, embedded_model
 from specviz.backends.gguf_convert import NotConvertible, convert
+from specviz.backends.spaces import on_space, persistent_root
 from specviz.backends.weights import (
     INTEGRITY,
     MANIFEST,
@@ -29,8 +31,21 @@ CACHE_FORMAT = 1
 
 
 def cache_dir() -> Path:
-    """Where dequantised models are cached; SPECVIZ_CACHE moves it."""
-    return Path(os.environ.get("SPECVIZ_CACHE", Path.home() / ".cache" / "specviz"))
+    """Where dequantised models are cached: $SPECVIZ_CACHE when set; else, on a Space with persistent storage, /data
+    (so a restart starts warm); else ~/.cache/specviz, or a temporary folder where the home folder cannot be written."""
+    if os.environ.get("SPECVIZ_CACHE"):
+        return Path(os.environ["SPECVIZ_CACHE"])
+    data = persistent_root() if on_space() else None  # elsewhere a /data folder may be anything
+    if data is not None:
+        return data / "specviz-cache"
+    home = Path.home() / ".cache" / "specviz"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if os.access(home, os.W_OK | os.X_OK):
+            return home
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"specviz-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
 def cached_file(src: dict[str, Any], packed: torch.dtype | None) -> Path | None:

@@ -20,6 +20,7 @@ from specviz.backends.devices import pick_device, pick_dtype
 from specviz.backends.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
 from specviz.backends.kernels import kernel, prebuild
 from specviz.backends.lm import LM
+from specviz.backends.spaces import on_zero_gpu
 from specviz.backends.tiny import shapes_model, tiny_pair
 from specviz.backends.weights import (
     CorruptCache,
@@ -57,7 +58,7 @@ class ModelPair:
         """Free the weights (switching presets)."""
         self.target = self.draft = None  # type: ignore[assignment]
         gc.collect()
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not on_zero_gpu():  # ZeroGPU's main process must never initialise CUDA
             torch.cuda.empty_cache()
 
 
@@ -81,6 +82,7 @@ def load_pair(
     place = _Placement(dev, dt, fast and use_cpu_fast_path(dev, dt), info, progress or (lambda f, m: None))
     if place.cpu_fast:
         prebuild()
+        place.progress(0.0, "starting; a first start on a machine also compiles our CPU kernel (about a minute)")
     source = spec["target"].get("source")
     if source == "random":
         target, draft, codec = tiny_pair(spec, dt)
@@ -92,7 +94,9 @@ def load_pair(
     else:
         target, draft, codec = _transformers_pair(preset, spec, place)
     wrap: Callable[[torch.nn.Module, str], Any] = LM
-    if fast and dev.type == "cuda" and os.environ.get("SPECVIZ_GRAPHS", "1") != "0":
+    if fast and dev.type == "cuda" and on_zero_gpu():  # captures and compiles would die with each GPU worker
+        info["linear"] = "transformers (ZeroGPU: no CUDA graphs or torch.compile)"
+    elif fast and dev.type == "cuda" and os.environ.get("SPECVIZ_GRAPHS", "1") != "0":
         wrap, info["linear"] = _gpu_fast_path(target)
     lms = [wrap(target, "target"), wrap(draft, "draft") if draft is not None else None]
     for lm in lms:  # compile and capture now, so that no visitor's timed run pays for it

@@ -1,33 +1,29 @@
 """The shared model pairs: ModelManager keeps the presets the operator allows loaded side by side (each loaded once in
 a background thread, with progress and friendly errors; a visitor can only pick among them, never unload one), bounds
-every job with a time budget, `friendly` words errors for the page and `gpu_task` marks work that needs the GPU on a
-ZeroGPU Space. No gradio here."""
+every job with a time budget, `friendly` words errors for the page; `gpu_task` (from zerogpu.py) marks work that needs
+the GPU on a ZeroGPU Space. No gradio here."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from specviz.backends.loading import ModelPair, load_pair
+from specviz.backends.spaces import on_zero_gpu
 from specviz.core.config import ConfigError, GenConfig
 from specviz.core.engine import run
 from specviz.proposers import build_proposer
+from specviz.ui.zerogpu import gpu_task
+
+__all__ = ["JOB_SECONDS", "LoadState", "ModelManager", "friendly", "gpu_task", "warm"]
 
 log = logging.getLogger("specviz.ui")
 Loader = Callable[..., ModelPair]
 JOB_SECONDS = 180.0  # the default time budget of one job on the models (Run, Compare, a lab measurement)
-
-try:  # Hugging Face ZeroGPU: GPU work must run inside spaces.GPU; elsewhere the decorator is a no-op
-    import spaces  # type: ignore[import-not-found]
-
-    gpu_task: Callable[[Callable], Callable] = spaces.GPU(duration=120)
-except Exception:  # noqa: BLE001 - any import problem means: not on a Space with ZeroGPU
-
-    def gpu_task(fn: Callable) -> Callable:
-        return fn
 
 
 def friendly(e: BaseException) -> str:
@@ -42,13 +38,15 @@ def friendly(e: BaseException) -> str:
 
 @dataclass(frozen=True)
 class LoadState:
-    """Where one preset's pair stands: state is idle | loading | ready | error."""
+    """Where one preset's pair stands: state is idle | loading | ready | error; since: when its load began
+    (time.monotonic(); 0 before that)."""
 
     state: str
     preset: str
     fraction: float = 0.0
     message: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    since: float = 0.0
 
 
 class ModelManager:
@@ -134,10 +132,10 @@ class ModelManager:
     def _load(self, preset: str) -> None:
         """Load and warm `preset`'s pair (in its own thread, after any other load), then publish it."""
         with self._load_one:
-            self._set(preset, fraction=0.0, message="loading")
+            self._set(preset, fraction=0.0, message="loading", since=time.monotonic())
             try:
                 pair = self.loader(preset, progress=lambda f, m: self._set(preset, fraction=min(f, 0.99), message=m))
-                if self.warmup:
+                if self.warmup and not on_zero_gpu():  # on ZeroGPU the models may run only inside GPU workers
                     self._set(preset, fraction=0.99, message="warming up")
                     with self.lock:  # warming runs the models: not while a visitor's job measures on them
                         warm(pair)
@@ -159,6 +157,12 @@ class ModelManager:
                 self._cond.wait(poll)
                 st = self._states[preset]
         yield st
+
+    def settle(self, poll: float = 0.5) -> None:
+        """Block until no allowed preset is loading (each requested one is ready or failed)."""
+        with self._cond:
+            while any(st.state == "loading" for st in self._states.values()):
+                self._cond.wait(poll)
 
     def close(self) -> None:
         with self.lock:

@@ -4,6 +4,8 @@ clamped numbers, upload size limit)."""
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import gradio as gr
@@ -25,24 +27,56 @@ keeps the ones it agrees with. Every token below is labelled by what happened to
 and the verdict.</p></div>"""
 
 
-def preset_status_html(st: LoadState) -> str:
-    """One preset's status line: ready (device, dtype, load time), loading with progress, or the error."""
+LOADING_NOTE = "The page works while they load: look around, pick settings; a Run or Step waits for the models."
+CACHE_NOTE = "A first start on a machine builds the model cache (about 2 minutes on 2 CPU cores); later starts take 15 s."
+
+
+def loading_note(presets: list[str]) -> str:
+    """What works while `presets` load, and, for the embedded pair, how long a first and a later start take."""
+    embedded = any(model_presets().get(p, {}).get("target", {}).get("source") == "embedded" for p in presets)
+    return render.render_status(f"{LOADING_NOTE} {CACHE_NOTE}" if embedded else LOADING_NOTE, "info")
+
+
+def kernel_note(info: dict[str, Any]) -> str | None:
+    """On CPU, why the target does not run our packed kernel and what runs instead (None when it does, or off CPU)."""
+    if info.get("device") != "cpu":
+        return None
+    linear = str(info.get("linear") or "plain torch linear layers")
+    if linear.startswith("specviz packed kernel"):
+        return None
+    found = re.search(r"\(kernel (.+)\)$", linear)
+    why = found.group(1) if found else "not used"
+    path = (linear[: found.start()].strip() if found else linear).replace("mkldnn", "oneDNN")
+    hint = " It is built with g++ (on a Space, packages.txt installs it)." if why.startswith("build failed") else ""
+    return f"slower fallback: the models run on {path}, not our CPU kernel: {why}.{hint}"
+
+
+def preset_status_html(st: LoadState, now: float | None = None, note: bool = True) -> str:
+    """One preset's status: ready (device, dtype, load time; a warning line when the CPU kernel fell back), loading
+    with progress, elapsed time and (note) what the page offers meanwhile, or the error."""
     if st.state == "ready":
         info = st.info
         bits = [f"{info.get('device', '?')}", f"{info.get('dtype', '?')}"]
         if "load_s" in info:
             bits.append(f"loaded in {info['load_s']} s")
-        return render.render_status(f"models ready: {st.preset} ({', '.join(bits)})", "ok")
+        line = render.render_status(f"models ready: {st.preset} ({', '.join(bits)})", "ok")
+        fallback = kernel_note(info)
+        return line + (render.render_status(fallback, "warn") if fallback else "")
     if st.state == "error":
         return render.render_status(st.message, "error")
     if st.state == "loading":
-        return render.render_status(f"loading {st.preset}: {st.message}", "busy", st.fraction)
+        took = f", {max(0.0, (now or time.monotonic()) - st.since):.0f} s" if st.since else ""
+        line = render.render_status(f"loading {st.preset} ({st.fraction:.0%}{took}): {st.message}", "busy", st.fraction)
+        return line + (loading_note([st.preset]) if note else "")
     return render.render_status(f"{st.preset}: not loaded yet", "info")
 
 
 def model_status_html(manager: ModelManager) -> str:
-    """A status line for each preset the operator offers."""
-    return "".join(preset_status_html(st) for st in manager.statuses())
+    """A status line for each preset the operator offers, then (while any loads) what works meanwhile, once."""
+    now, states = time.monotonic(), manager.statuses()
+    lines = "".join(preset_status_html(st, now, note=False) for st in states)
+    loading = [st.preset for st in states if st.state == "loading"]
+    return lines + (loading_note(loading) if loading else "")
 
 
 def build_app(manager: ModelManager, visitors: Visitors | None = None, exports: ExportStore | None = None) -> gr.Blocks:
