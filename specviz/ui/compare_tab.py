@@ -1,6 +1,7 @@
 """The Compare tab: several strategies on one prompt, each in turn, plus one plain run on the same loaded models, as a
-table, a chart and the outputs side by side. While it runs, updates stay small: the status, the table and chart (one row
-per strategy), and each run's column once, when that run ends (sent as an append)."""
+table, charts (one puts each chain beside the tree of the same proposer; a shortcut picks such pairs) and the outputs
+side by side. While it runs, updates stay small: the status, the table and charts (one row per strategy), and each
+run's column once, when that run ends (sent as an append)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from specviz.ui.common import Outputs, Update, guarded, on_models, plot, status_
 from specviz.ui.controls import build_controls
 from specviz.ui.models import ModelManager, gpu_task
 from specviz.ui.session import stream_run
+from specviz.ui.tree_charts import CHAIN_VS_TREE, tree_compare_chart
 from specviz.ui.visitors import Visitors
+
+
+def pick_pair(name: str | None) -> Any:
+    """A shortcut's strategies into the checkboxes (an unknown name changes nothing)."""
+    return gr.CheckboxGroup(value=CHAIN_VS_TREE[name]) if name in CHAIN_VS_TREE else gr.skip()
 
 
 class CompareTab:
@@ -33,6 +40,12 @@ class CompareTab:
                 self.c = build_controls("cmp", manager.preset, with_strategy=False, presets=manager.allowed)
                 self.strategies = gr.CheckboxGroup(
                     choices=drafting, value=drafting[:3], label="Strategies to compare", elem_id="cmp-strategies"
+                )
+                self.shortcut = gr.Dropdown(
+                    choices=list(CHAIN_VS_TREE),
+                    value=None,
+                    label="Shortcut: a chain beside the tree of the same proposer",
+                    elem_id="cmp-shortcut",
                 )
                 with gr.Row():
                     self.run_btn = gr.Button("Compare", variant="primary", elem_id="cmp-run")
@@ -51,8 +64,10 @@ class CompareTab:
                     )
                 )
                 self.chart = out(gr.Plot(plot(charts.compare_chart([])), elem_id="cmp-chart", show_label=False))
+                self.tree_chart = gr.Plot(plot(tree_compare_chart([])), elem_id="cmp-tree-chart", show_label=False)
         gr.HTML(render.render_legend())
         self.outputs_html = out(gr.HTML("", elem_id="cmp-outputs"))
+        out(self.tree_chart)  # registered last: the API's output positions of the components above stay
 
     def wire(self) -> None:
         self.run_btn.click(
@@ -63,6 +78,9 @@ class CompareTab:
             **on_models(self.status),
         )
         self.stop_btn.click(stopper(self.visitors), None, None, queue=False, api_name=False)
+        self.shortcut.input(
+            pick_pair, self.shortcut, self.strategies, queue=False, api_name=False, show_progress="hidden"
+        )
 
     def on_compare(self, data: dict[Block, Any], request: gr.Request) -> Iterator[Update]:
         yield from guarded(self._compare(data, request), self.status)
@@ -89,6 +107,7 @@ class CompareTab:
                 self.status: status_for(state),
                 self.table: pd.DataFrame(rows, columns=tables.COMPARE_COLUMNS),
                 self.chart: plot(charts.compare_chart(rows)),
+                self.tree_chart: plot(tree_compare_chart(state.tracks)),
             }
             # runs end in plan order, so the finished ones are a prefix; at the end every run gets its column
             ready = len(state.tracks) if state.phase in ("done", "stopped") else done

@@ -10,6 +10,7 @@ import pandas as pd
 
 from specviz.core.events import RunSummary, StepEvent
 from specviz.core.metrics import position_stats
+from specviz.ui.tree_view import tree_counts
 
 SUMMARY_COLUMNS = [
     "run",
@@ -51,7 +52,8 @@ def summary_table(spec: RunSummary | None, plain: RunSummary | None) -> pd.DataF
 
 
 def steps_table(steps: Sequence[StepEvent]) -> pd.DataFrame:
-    """One row per verification step (the CSV export)."""
+    """One row per verification step (the CSV export); tree steps fill the tree_ columns, chain steps leave them
+    empty."""
     rows = []
     for s in steps:
         rows.append(
@@ -72,9 +74,19 @@ def steps_table(steps: Sequence[StepEvent]) -> pd.DataFrame:
                 "total_tokens": s.total_tokens,
                 "running_acceptance": round(s.total_accepted / s.total_drafted, 4) if s.total_drafted else None,
                 "tv_sum_step": round(sum(t.tv or 0.0 for t in s.drafted if t.origin in ("accepted", "rejected")), 6),
+                # a tree step's shape in the same row (its nodes are the drafted count; the JSON trace has each)
+                **_tree_columns(s),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _tree_columns(step: StepEvent) -> dict[str, int | None]:
+    """A tree step's levels, branches (root-to-leaf paths) and refused nodes; None for a chain step."""
+    if step.tree is None:
+        return {"tree_depth": None, "tree_branches": None, "tree_refused": None}
+    c = tree_counts(step)
+    return {"tree_depth": c["depth"], "tree_branches": c["branches"], "tree_refused": c["rejected"]}
 
 
 COMPARE_COLUMNS = [*SUMMARY_COLUMNS, "acceptance by draft position", "same as plain"]
