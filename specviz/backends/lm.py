@@ -14,11 +14,14 @@ from specviz.backends.attention import Visibility, exact_enabled, install
 class LM:
     """A causal LM and one KV cache. forward() feeds only new tokens; crop() rolls the cache back."""
 
-    def __init__(self, model: torch.nn.Module, name: str = "") -> None:
+    def __init__(self, model: torch.nn.Module, name: str = "", exact: bool = True) -> None:
         from transformers import DynamicCache
 
         self.model = model.eval()
-        install(self.model)  # exact attention after the prefill: a row's result never depends on the other rows
+        install(self.model)
+        # exact attention after the prefill: a row's result never depends on the other rows of its pass. A draft only
+        # guesses (the target checks every guess), so it takes the model's own attention, faster in few-row passes.
+        self.exact = exact
         self.name = name
         self._cache_cls = DynamicCache
         self.device = next(model.parameters()).device
@@ -73,7 +76,8 @@ class LM:
 
     def _pass(self, rows: list[list[int]], parents: Sequence[int], keep: int | None, extend: bool = False) -> torch.Tensor:
         """One forward of M rows sharing one tree shape. The prompt's pass (an empty cache) runs the model's own
-        causal attention; every later pass runs exact attention over each row's visible keys. -> (M, keep, V)"""
+        causal attention; every later pass runs exact attention over each row's visible keys, or (exact off) the
+        model's own attention, with the tree as a dense mask. -> (M, keep, V)"""
         if not extend or self._tree is None:
             self._tree = (self.length, [])
         base, nodes = self._tree  # nodes: per node of the tree so far, (its visible slots after base, its depth)
@@ -85,11 +89,13 @@ class LM:
             nodes.append((seen + [slot + t], depth + 1))
         x = torch.tensor(rows, device=self.device)  # (M, T)
         kw: dict[str, Any] = {}
-        if base or parents != list(range(-1, len(parents) - 1)):
+        chain = parents == list(range(-1, len(parents) - 1)) and start == 0
+        exact = self.exact and exact_enabled()
+        if (base and exact) or not chain:
             new = nodes[start:]
             pos = torch.tensor([base + d - 1 for _, d in new], device=self.device).expand(len(rows), -1)
             vis = Visibility(tuple(torch.tensor([*range(base), *seen], device=self.device) for seen, _ in new))
-            mask: object = vis if exact_enabled() else vis.dense(slot + len(parents), self.model.dtype)
+            mask: object = vis if exact else vis.dense(slot + len(parents), self.model.dtype)
             kw = {"position_ids": pos, "attention_mask": {"full_attention": mask, "sliding_attention": mask}}
         out = self.model(input_ids=x, past_key_values=self.cache, use_cache=True, logits_to_keep=keep or 0, **kw)
         return out.logits  # (M, keep, V)
@@ -101,7 +107,7 @@ class LM:
         """A draft running only decoder layers `kept` of this model, sharing its weights, with its own cache."""
         from specviz.backends.surgery import layer_view
 
-        return LM(layer_view(self.model, kept), name)
+        return LM(layer_view(self.model, kept), name, exact=False)
 
     def crop(self, length: int) -> None:
         """Keep the first `length` cached tokens."""

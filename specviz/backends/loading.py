@@ -98,7 +98,7 @@ def load_pair(
         info["linear"] = "transformers (ZeroGPU: no CUDA graphs or torch.compile)"
     elif fast and dev.type == "cuda" and os.environ.get("SPECVIZ_GRAPHS", "1") != "0":
         wrap, info["linear"] = _gpu_fast_path(target)
-    lms = [wrap(target, "target"), wrap(draft, "draft") if draft is not None else None]
+    lms = [wrap(target, "target"), _draft(wrap, draft) if draft is not None else None]
     for lm in lms:  # compile and capture now, so that no visitor's timed run pays for it
         if lm is not None and hasattr(lm, "warm"):
             place.progress(0.99, f"compiling the {lm.name}'s GPU pass")
@@ -106,6 +106,11 @@ def load_pair(
     info["load_s"] = round(time.perf_counter() - t0, 2)
     place.progress(1.0, "ready")
     return ModelPair(preset, lms[0], lms[1], codec, dev, dt, info)
+
+
+def _draft(wrap: Callable[[torch.nn.Module, str], Any], model: torch.nn.Module) -> Any:
+    """The draft's LM: a draft only guesses, so on the CPU path it skips exact attention (backends/attention.py)."""
+    return LM(model, "draft", exact=False) if wrap is LM else wrap(model, "draft")
 
 
 @dataclass
