@@ -5,26 +5,44 @@ the same decoded alone, verified in a chain, or verified as one node of a token 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
 NAME = "specviz_exact"  # the attention implementation's name in transformers' registry
 
 
-@dataclass(frozen=True)
-class Visibility:
-    """Which cached keys each of a pass's T query rows sees, in order: rows[t] (n_t,) long, on the model's device.
-    A token tree's node after `base` cached tokens sees [0, base), then its ancestors' cache slots by depth, then its
-    own slot (a chain's row t: [0, base + t])."""
+MIN_WINDOW = 256
 
-    rows: tuple[torch.Tensor, ...]
+
+def window_for(n: int) -> int:
+    """The key window of a pass over n cache positions: a power of two from MIN_WINDOW (fixed for a whole run by
+    LM.reserve(), so every pass of the run attends over windows of one length)."""
+    w = MIN_WINDOW
+    while w < n:
+        w *= 2
+    return w
+
+
+class Visibility:
+    """Which cached keys each of a pass's T query rows sees, in order: rows[t], slots of the KV cache. A token tree's
+    node after `base` cached tokens sees [0, base), then its ancestors' slots by depth, then its own slot (a chain's
+    row t: [0, base + t]). As tensors: index (T, window), the slots padded with slot 0, and valid (T, window)."""
+
+    def __init__(self, rows: list[list[int]], window: int, device: torch.device) -> None:
+        self.rows = rows
+        self.window = max(window, max(len(r) for r in rows))
+        self.index = torch.zeros(len(rows), self.window, dtype=torch.long)
+        self.valid = torch.zeros(len(rows), self.window, dtype=torch.bool)
+        for t, r in enumerate(rows):
+            self.index[t, : len(r)] = torch.tensor(r, dtype=torch.long)
+            self.valid[t, : len(r)] = True
+        self.index, self.valid = self.index.to(device), self.valid.to(device)
 
     def dense(self, length: int, dtype: torch.dtype) -> torch.Tensor:
         """The same visibility as an additive (1, 1, T, length) mask, for attention implementations that take one."""
-        mask = torch.full((len(self.rows), length), torch.finfo(dtype).min, dtype=dtype, device=self.rows[0].device)
-        for t, idx in enumerate(self.rows):
-            mask[t, idx] = 0
+        mask = torch.full((len(self.rows), length), torch.finfo(dtype).min, dtype=dtype, device=self.index.device)
+        for t, r in enumerate(self.rows):
+            mask[t, r] = 0
         return mask[None, None]
 
 
@@ -54,17 +72,18 @@ def exact_attention(
         raise NotImplementedError("exact attention does not implement sliding windows")
     b, h, t, d = query.shape
     kvh = key.shape[1]
+    g = h // kvh
     scale = scaling if scaling is not None else d**-0.5
-    out = query.new_empty(b, t, h, d)
-    for r, idx in enumerate(attention_mask.rows):
-        # every operand is made contiguous and shaped by this row alone (n visible keys), never by the pass
-        q = query[:, :, r].contiguous().view(b, kvh, h // kvh, d)  # (B, KVH, G, D)
-        k = key.index_select(2, idx)  # (B, KVH, n, D)
-        v = value.index_select(2, idx)
-        s = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, KVH, G, n)
-        w = torch.softmax(s, dim=-1, dtype=torch.float32 if s.dtype != torch.float64 else torch.float64).to(v.dtype)
-        out[:, r] = torch.matmul(w, v).view(b, h, d)
-    return out, None
+    # each row gathers its own keys into a window of fixed length: one batch entry per (row, kv head), whose shapes
+    # never depend on the pass (its other rows, its length), only on the run's window
+    k = key[:, :, attention_mask.index]  # (B, KVH, T, W, D)
+    v = value[:, :, attention_mask.index]
+    q = query.view(b, kvh, g, t, d).transpose(2, 3).contiguous()  # (B, KVH, T, G, D)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, KVH, T, G, W)
+    s = s.masked_fill(~attention_mask.valid[None, None, :, None, :], float("-inf"))
+    wts = torch.softmax(s, dim=-1, dtype=torch.float32 if s.dtype != torch.float64 else torch.float64).to(v.dtype)
+    o = torch.matmul(wts, v)  # (B, KVH, T, G, D)
+    return o.permute(0, 2, 1, 3, 4).reshape(b, t, h, d), None
 
 
 def install(model: torch.nn.Module) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from specviz.backends.attention import Visibility, exact_enabled, install
+from specviz.backends.attention import Visibility, exact_enabled, install, window_for
 
 
 class LM:
@@ -42,6 +42,7 @@ class LM:
     def reset(self) -> None:
         self.cache = self._cache_cls(config=self.model.config)
         self._tree: tuple[int, list[tuple[list[int], int]]] | None = None  # the last pass's tree (forward_tree)
+        self._window = 0  # exact attention's key window for this run (reserve())
 
     @property
     def length(self) -> int:
@@ -94,14 +95,17 @@ class LM:
         if (base and exact) or not chain:
             new = nodes[start:]
             pos = torch.tensor([base + d - 1 for _, d in new], device=self.device).expand(len(rows), -1)
-            vis = Visibility(tuple(torch.tensor([*range(base), *seen], device=self.device) for seen, _ in new))
+            window = max(self._window, window_for(slot + len(parents)))
+            vis = Visibility([[*range(base), *seen] for seen, _ in new], window, self.device)
             mask: object = vis if exact else vis.dense(slot + len(parents), self.model.dtype)
             kw = {"position_ids": pos, "attention_mask": {"full_attention": mask, "sliding_attention": mask}}
         out = self.model(input_ids=x, past_key_values=self.cache, use_cache=True, logits_to_keep=keep or 0, **kw)
         return out.logits  # (M, keep, V)
 
     def reserve(self, n: int) -> None:
-        """The run ahead needs n positions (a dynamic cache needs no notice; StaticLM fixes its attention window)."""
+        """The run ahead needs n positions: exact attention then attends over one window length in every pass of
+        the run (so a row's result does not depend on how long the cache was when it was verified)."""
+        self._window = window_for(n + 64)  # room for a tree pass past the last position
 
     def with_layers(self, kept: Sequence[int], name: str = "layerskip") -> LM:
         """A draft running only decoder layers `kept` of this model, sharing its weights, with its own cache."""
