@@ -28,6 +28,7 @@ from specviz.ui.models import ModelManager, gpu_task
 from specviz.ui.session import RunState, stream_run
 from specviz.ui.step_mode import StepSession
 from specviz.ui.step_panel import render_step_panel
+from specviz.ui.tree_panel import TreePanel
 from specviz.ui.visitors import Visitors
 
 STREAM_INTERVAL = 0.2  # seconds between updates of the token stream while a run goes (at most 5 a second)
@@ -84,6 +85,7 @@ class RunTab:
         with self.step_box, gr.Row(equal_height=False):
             self.step_panel = out(gr.HTML(render_step_panel(None, "greedy"), elem_id="sv-step-panel"))
             self.step_chart = out(self._fig(charts.step_detail_chart(None), "sv-fig-step"))
+        self.trees = TreePanel(out)  # the token tree of a step, picked by a slider; redrawn by every draw()
         with gr.Row(equal_height=False):
             self.fig_tput = out(self._fig(charts.throughput_chart([]), "sv-fig-tput"))
             self.fig_accept = out(self._fig(charts.acceptance_chart([]), "sv-fig-accept"))
@@ -130,6 +132,7 @@ class RunTab:
             up[self.stream] = render.render_stream(steps, prompt=state.prompt_shown, rule=rule, current=state.current)
             up |= self._draw_step(state, rule, over)
         up |= self._charts(state, step_mode=step_mode)
+        up |= self.trees.draw(state)
         text = spec.summary.text if spec and spec.summary else "".join(t.text for s in steps for t in s.emitted)
         up[self.text] = text
         if over:
