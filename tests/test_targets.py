@@ -60,7 +60,7 @@ def test_a_row_holds_only_within_its_bound_and_with_identical_output():
 
 def test_all_targets_are_those_this_machine_can_measure(monkeypatch):
     monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: False)
-    assert tg.chosen("all") == ["baseline", "overhead", "assisted", "speedups", "startup"]
+    assert tg.chosen("all") == ["baseline", "overhead", "attention", "assisted", "speedups", "startup"]
     monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: True)
     assert tg.chosen("all")[-1] == "gpu"
     assert tg.chosen("gpu, baseline") == ["gpu", "baseline"]
