@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         default=None,
         help="instead of the strategy table, check speed targets: comma-separated from "
-        "baseline, overhead, assisted, speedups, startup, gpu (needs CUDA), or 'all' (gpu only where CUDA is) "
+        "baseline, overhead, attention, assisted, speedups, startup, gpu (needs CUDA), or 'all' (gpu only where CUDA is) "
         "(see specviz/bench/targets.py)",
     )
     b.add_argument("--cold", action="store_true", help="with --targets startup: also time a cold start (minutes)")
