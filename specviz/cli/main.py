@@ -1,5 +1,6 @@
 """The command line: `generate` prints a marked-up speculative generation; `bench` compares strategies with plain
-decoding; `lab` runs the Theory lab's experiments; `train-heads` trains Medusa helper heads."""
+decoding; `lab` runs the Theory lab's experiments; `train-heads` trains Medusa helper heads; `record` records the Run
+tab's gallery of replays."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TextIO
 import torch
 
 from specviz.cli import lab as lab_cli
+from specviz.cli import record as record_cli
 from specviz.cli import train_heads as medusa_cli
 from specviz.cli.bench import cmd_bench
 from specviz.cli.common import check_args, gen_args
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen_args(b)
     lab_cli.add_parser(sub, gen_args)
     medusa_cli.add_parser(sub)
+    record_cli.add_parser(sub)
     return ap
 
 
@@ -63,6 +66,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             "bench": cmd_bench,
             "lab": lab_cli.cmd_lab,
             "train-heads": medusa_cli.cmd_train_heads,
+            "record": record_cli.cmd_record,
         }
         return commands[args.cmd](args, out)
     except ConfigError as e:

@@ -12,6 +12,7 @@ from specviz.core.config import ConfigError
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # specviz/: presets/ and assets/ ship inside it
 PRESETS_DIR = PACKAGE_DIR / "presets"
 ASSETS_DIR = PACKAGE_DIR / "assets"
+TRACES_DIR = PRESETS_DIR / "traces"  # the gallery of recorded runs (`specviz record` writes it, the Run tab replays it)
 
 
 def _load_yaml(path: Path) -> Any:

@@ -1,10 +1,12 @@
 """Reading a recorded trace that someone else may have written: bounded in size and shape, every field checked (the
-config through GenConfig), so a hostile or broken file is one clear ConfigError and never an endless or huge job."""
+config through GenConfig), so a hostile or broken file is one clear ConfigError and never an endless or huge job.
+A trace may be gzip-compressed (the gallery's .json.gz); the size bound applies to what it decompresses to."""
 
 from __future__ import annotations
 
 import json
 import math
+import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from specviz.core.events import RunSummary, StepEvent, trace_from_json
 
 MAX_TRACE_BYTES = 8 * 2**20  # a 4,096-token run with instrumentation is about 3 MB
 MAX_PROMPT_CHARS = 200_000
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,36 @@ class Trace:
             raise ConfigError(f"the trace's output id {bad[0]} is outside this model's vocabulary 0..{vocab_size - 1}")
 
 
+def trace_meta(
+    prompt: str,
+    preset: str,
+    strategy: str,
+    config: dict[str, Any],
+    *,
+    chat: bool | None = None,
+    details: dict[int, dict[str, Any]] | None = None,
+    plain_steps: list[StepEvent] | None = None,
+    plain_summary: RunSummary | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A trace's meta record as the Run tab's download and `specviz record` write it (what read_trace and the Run
+    tab's replay read back): the prompt and settings, whether the prompt went through a chat template, step-mode
+    details, the plain baseline's steps and summary, and any `extra` keys (the gallery's machine, date, commit)."""
+    meta: dict[str, Any] = {
+        "prompt": prompt,
+        "preset": preset,
+        "strategy": strategy,
+        "config": config,
+        "details": {str(k): v for k, v in (details or {}).items()},
+    }
+    if chat is not None:
+        meta["chat"] = chat
+    if plain_steps is not None:
+        meta["plain_steps"] = [s.to_dict() for s in plain_steps]
+        meta["plain_summary"] = plain_summary.to_dict() if plain_summary else None
+    return meta | extra
+
+
 def read_trace_file(path: str | Path, vocab_size: int | None = None, greedy: bool = False) -> Trace:
     """read_trace() on a file, whose size is checked before it is read."""
     try:
@@ -48,11 +81,12 @@ def read_trace_file(path: str | Path, vocab_size: int | None = None, greedy: boo
 def read_trace(text: str | bytes, vocab_size: int | None = None, greedy: bool = False) -> Trace:
     """A finished run's trace (the Run tab's download, `specviz generate --json`), checked: at most MAX_TRACE_BYTES,
     a JSON object with a summary whose output ids are whole numbers in the vocabulary (when vocab_size is given), no
-    more than its max_new_tokens, a prompt, and a config GenConfig accepts. greedy: the run must be greedy."""
+    more than its max_new_tokens, a prompt, and a config GenConfig accepts. greedy: the run must be greedy. Bytes
+    that start with the gzip magic are decompressed first (at most MAX_TRACE_BYTES of output)."""
     if len(text) > MAX_TRACE_BYTES:
         raise ConfigError(f"the trace is {len(text) / 2**20:.1f} MB; at most {MAX_TRACE_BYTES // 2**20} MB is read")
     if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
+        text = (gunzip(text) if text[:2] == GZIP_MAGIC else text).decode("utf-8", errors="replace")
     try:
         doc = json.loads(text)
     except RecursionError:
@@ -98,6 +132,20 @@ def read_trace(text: str | bytes, vocab_size: int | None = None, greedy: bool = 
     if vocab_size is not None:
         trace.check_vocab(vocab_size)
     return trace
+
+
+def gunzip(data: bytes) -> bytes:
+    """A gzip stream decompressed, refused once its output passes MAX_TRACE_BYTES (a small bomb never grows large)."""
+    d = zlib.decompressobj(wbits=31)
+    try:
+        out = d.decompress(data, MAX_TRACE_BYTES + 1)
+    except zlib.error as e:
+        raise ConfigError(f"that file is not a specviz event trace: a broken gzip stream ({e})") from None
+    if len(out) > MAX_TRACE_BYTES or d.unconsumed_tail:
+        raise ConfigError(f"the trace decompresses to more than {MAX_TRACE_BYTES // 2**20} MB; at most that is read")
+    if not d.eof:
+        raise ConfigError("that file is not a specviz event trace: the gzip stream is cut short")
+    return out
 
 
 def _config(raw: Any) -> GenConfig:

@@ -12,9 +12,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from specviz.core.events import trace_to_json
+from specviz.core.trace import trace_meta
 from specviz.ui import tables
 from specviz.ui.session import RunState
 
@@ -79,16 +79,16 @@ class ExportStore:
         folder = self.new_folder()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         req = state.request
-        meta: dict[str, Any] = {
-            "prompt": req.prompt if req else "",
-            "preset": req.preset if req else "",
-            "strategy": req.strategy if req else "",
-            "config": req.cfg.to_dict() if req else {},
-            "details": {str(k): v for k, v in state.details.items()},
-        }
-        if base is not None:
-            meta["plain_steps"] = [s.to_dict() for s in base.steps]
-            meta["plain_summary"] = base.summary.to_dict() if base.summary else None
+        meta = trace_meta(
+            req.prompt if req else "",
+            req.preset if req else "",
+            req.strategy if req else "",
+            req.cfg.to_dict() if req else {},
+            chat=state.chat,
+            details=state.details,
+            plain_steps=base.steps if base is not None else None,
+            plain_summary=base.summary if base is not None else None,
+        )
         trace = folder / f"specviz-trace-{stamp}.json"
         trace.write_text(trace_to_json(spec.steps, spec.summary, meta), encoding="utf-8")
         table = folder / f"specviz-steps-{stamp}.csv"

@@ -28,9 +28,9 @@ class LiveStream:
     """What one run has sent to the browser: each update's delta holds the steps after the last one sent (the first
     also the prompt), so its size depends on the steps made since the last update, never on the stream's length."""
 
-    def __init__(self, rule: str) -> None:
+    def __init__(self, rule: str, prefix: str = "") -> None:
         self.rule = rule
-        self.run_id = secrets.token_hex(6)
+        self.run_id = prefix + secrets.token_hex(6)  # prefix: a word that tells kinds of runs apart (replays: "r")
         self.sent = 0  # steps already sent
         self.value = MARK.format(self.run_id, 0)  # the last delta (unchanged: nothing new, the browser does nothing)
 
@@ -54,17 +54,24 @@ class LiveStream:
 # one that is ahead (a step-mode render landed) is left alone. A delta that starts later than expected (one was
 # dropped, which Gradio's in-order stream should never do) is appended anyway and the container marked (data-gap: the
 # page then says that the downloads hold every step). While the visitor has the container scrolled to its end, it
-# stays there (scrolling up to read stops that).
+# stays there (scrolling up to read stops that). A run that another has replaced is over: its late deltas (a replay's
+# last one, sent as Run was pressed) are ignored; window.__svLiveEnd() ends the current one from the page's own script.
 DELTA_JS = """
 const box = () => document.querySelector('#sv-stream .prose');
 const last = (b) => { const c = b.lastElementChild; return c && c.dataset && c.dataset.step ? +c.dataset.step : 0; };
 let run = null, parts = [], known = 0;
+const over = new Set();
+window.__svLiveEnd = () => { if (run) over.add(run); run = null; parts = []; known = 0; window.__svLiveRun = ''; };
 watch('value', () => {
   const v = typeof props.value === 'string' ? props.value : '';
   const m = /^<!--sv-live:(\\w+):(\\d+)-->/.exec(v);
   const b = box();
-  if (!m || !b) return;
-  if (m[1] !== run) { run = m[1]; parts = []; known = 0; b.innerHTML = ''; delete b.dataset.gap; }
+  if (!m || !b || over.has(m[1])) return;
+  if (m[1] !== run) {
+    if (run) over.add(run);
+    run = m[1]; parts = []; known = 0; b.innerHTML = ''; delete b.dataset.gap;
+    window.__svLiveRun = run;
+  }
   const dom = last(b);
   if (dom > known) { run = 'done'; return; }
   if (dom < known) b.innerHTML = parts.join('');

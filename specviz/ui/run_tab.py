@@ -2,17 +2,21 @@
 handlers (thin: they validate, call session.py or step_mode.py and draw with render.py and charts.py). While a run
 goes, each update carries only what changed: the stream's new steps through the delta component (live.py), small
 status lines and, every CHART_INTERVAL, two charts of at most charts.LIVE_POINTS steps; the full charts, text,
-tables and files come once at the end."""
+tables and files come once at the end. Replays of recorded runs (replay_panel.py) draw with the same methods; live runs
+wait their turn in a first-come queue (waitline.py) that tells each its place and estimated wait."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar
 
+import anyio
 import gradio as gr
 from gradio.blocks import Block
+from gradio.context import Context
 
 from specviz.core.config import ConfigError
 from specviz.core.events import RunSummary
@@ -25,15 +29,19 @@ from specviz.ui.exports import ExportStore
 from specviz.ui.figures import Figure
 from specviz.ui.live import DELTA_JS, LiveStream
 from specviz.ui.models import ModelManager, gpu_task
+from specviz.ui.replay_panel import TAKE_STREAM_JS, ReplayPanel
 from specviz.ui.session import RunState, stream_run
 from specviz.ui.step_mode import StepSession
 from specviz.ui.step_panel import render_step_panel
 from specviz.ui.tree_panel import TreePanel
 from specviz.ui.visitors import Visitors
+from specviz.ui.waitline import WaitLine
 
 STREAM_INTERVAL = 0.2  # seconds between updates of the token stream while a run goes (at most 5 a second)
 CHART_INTERVAL = 3.0  # ... and of the thinned charts, which the browser redraws slowly; the final state is always drawn
 STEP_NOTE = "step mode: wall time includes your pauses between steps; press Run to measure speed"
+QUEUE_POLL = 0.5  # seconds between a waiting run's looks at its place in the queue
+T = TypeVar("T")
 
 
 def live_summary(state: RunState) -> RunSummary | None:
@@ -59,6 +67,7 @@ class RunTab:
     def __init__(self, manager: ModelManager, visitors: Visitors, exports: ExportStore | None = None) -> None:
         self.manager, self.visitors = manager, visitors
         self.exports = exports or ExportStore()
+        self.line = WaitLine()
         out = self.out = Outputs()
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320, elem_id="sv-controls"):
@@ -68,14 +77,17 @@ class RunTab:
                     self.step_btn = gr.Button("Step", variant="secondary", elem_id="sv-step", min_width=80)
                     self.stop_btn = gr.Button("Stop", variant="stop", elem_id="sv-stop", min_width=80)
             with gr.Column(scale=8, min_width=360):
+                self.replay = ReplayPanel(visitors)
                 self.status = out(
                     gr.HTML(
                         render.render_status("ready when the models are: press Run or Step"), elem_id="sv-run-status"
                     )
                 )
+                self.replay.build_offer()
                 self.kpis = out(gr.HTML("", elem_id="sv-kpis"))
                 gr.HTML(render.render_legend(), elem_id="sv-legend")
-                self.stream = out(gr.HTML(render.EMPTY_STREAM, elem_id="sv-stream", elem_classes=["sv-stream"]))
+                first = self.replay.opening_stream() or render.EMPTY_STREAM  # the opening replay's first step
+                self.stream = out(gr.HTML(first, elem_id="sv-stream", elem_classes=["sv-stream"]))
                 # the live stream's carrier: never shown; DELTA_JS appends each of its values into #sv-stream
                 delta = gr.HTML("", html_template="", js_on_load=DELTA_JS, visible="hidden", elem_id="sv-delta")
                 self.delta = out(delta)
@@ -107,15 +119,24 @@ class RunTab:
             self.dl_csv = out(
                 gr.DownloadButton("Download per-step table (CSV)", interactive=False, elem_id="sv-dl-csv", size="md")
             )
+        for c in self.replay.own:  # registered last: the API's output positions of the components above stay
+            out(c)
 
     @staticmethod
     def _fig(fig: Figure, elem_id: str) -> gr.Plot:
         return gr.Plot(plot(fig), elem_id=elem_id, show_label=False)
 
     def wire(self) -> None:
-        self.run_btn.click(self.on_run, self.c.inputs, self.out.all, api_name="run", **on_models(self.status))
+        # a replay in the stream gives way at once: the page drops it before Run or Step is even sent (Gradio runs a
+        # button's listeners in the order they were added, each after the one before it, so this comes first)
+        for btn in (self.run_btn, self.step_btn):
+            btn.click(None, None, None, js=TAKE_STREAM_JS, queue=False, api_name=False)
+        # Run waits in our own queue (self.line), not Gradio's: a waiting run can then say where it stands
+        run_opts = on_models(self.status) | {"concurrency_limit": None, "concurrency_id": "runs"}
+        self.run_btn.click(self.on_run, self.c.inputs, self.out.all, api_name="run", **run_opts)
         self.step_btn.click(self.on_step, self.c.inputs, self.out.all, api_name="step", **on_models(self.status))
         self.stop_btn.click(self.on_stop, None, None, queue=False, api_name=False)
+        self.replay.wire(self, self.out.all, page=Context.root_block)  # the page's load starts the opening replay
 
     # -- drawing
 
@@ -137,7 +158,8 @@ class RunTab:
         up[self.text] = text
         if over:
             up[self.summary] = tables.summary_table(spec.summary if spec else None, base.summary if base else None)
-            trace, csv = self.exports.write(state) if steps else (None, None)
+            replay = state.meta.get("replay")  # a replay's trace is a file already: no new downloads
+            trace, csv = self.exports.write(state) if steps and not replay else (None, None)
             if trace:
                 up[self.dl_trace] = gr.DownloadButton(value=trace, interactive=True)
             if csv:
@@ -152,6 +174,17 @@ class RunTab:
         if charts_due:
             up |= self._charts(state, live=True)
         return up
+
+    def blank_step(self) -> Update:
+        """Step mode's panel and chart as before any step."""
+        return {
+            self.step_panel: render_step_panel(None, "greedy"),
+            self.step_chart: plot(charts.step_detail_chart(None)),
+        }
+
+    def blank_summary(self) -> Update:
+        """The summary table as before any run."""
+        return {self.summary: tables.summary_table(None, None)}
 
     def _numbers(self, state: RunState, over: bool) -> Update:
         """Status, KPIs and the theory card."""
@@ -173,7 +206,7 @@ class RunTab:
         shown = charts.thin(steps) if live else steps
         base_steps = (charts.thin(base.steps) if live else base.steps) if base else []
         alpha = per_token_alpha(summary) if summary and summary.drafted else None
-        if step_mode:
+        if step_mode and not state.meta.get("replay"):  # a replay's timings are the recorded run's, pauses aside
             tput = charts.throughput_chart(shown, note=STEP_NOTE)
         else:
             speed = spec.summary.speedup if spec and spec.summary else None
@@ -201,8 +234,46 @@ class RunTab:
 
     # -- handlers
 
-    def on_run(self, data: dict[Block, Any], request: gr.Request) -> Iterator[Update]:
-        yield from guarded(self._run(data, request), self.status)
+    async def on_run(self, data: dict[Block, Any], request: gr.Request) -> AsyncIterator[Update]:
+        """Queue the run (first come, first served), saying where it stands and offering the matching gallery
+        replay while it waits; then run it (in a worker thread, as Gradio would) and stop the replay once the run
+        draws."""
+        v = self.visitors.of(request)
+        v.replay.halt()  # the page has dropped the replay's stream (TAKE_STREAM_JS): its loop stops too
+        try:
+            req = self.c.request(data)
+            self.manager.check(req.preset)
+        except ConfigError as e:  # a bad setting never queues
+            yield {self.status: render.render_error(str(e))}
+            return
+        v.stop.clear()
+        ticket = self.line.join(req.preset, req.cfg.max_new_tokens)
+        offered = drawing = False
+        try:
+            while not self.line.turn(ticket):
+                if v.stop.is_set():
+                    left = render.render_status("left the queue: press Run to queue again", "warn")
+                    yield {self.status: left} | self.replay.no_offer()
+                    return
+                up = {self.status: render.render_status(self.line.place(ticket).text(), "busy")}
+                if not offered:
+                    up |= self.replay.offer_for(request, req)
+                    offered = True
+                yield up
+                await asyncio.sleep(QUEUE_POLL)
+            if not offered and self.manager.status(req.preset).state != "ready":
+                yield self.replay.offer_for(request, req)  # the models are still loading: a replay meanwhile
+                offered = True
+            async for up in _in_thread(guarded(self._run(data, request), self.status)):
+                if not drawing and (self.stream in up or self.delta in up):
+                    up |= self.replay.take_stream(request)
+                    drawing = True
+                yield up
+            if offered and not drawing:  # it ended before it drew (an error, Stop): the offer goes with it
+                yield self.replay.no_offer()
+        finally:
+            self.line.leave(ticket)
+            self.replay.give_back(request)
 
     @gpu_task
     def _run(self, data: dict[Block, Any], request: gr.Request | None) -> Iterator[Update]:
@@ -224,13 +295,21 @@ class RunTab:
                 # message repeats the last update's values, so it would go twice
                 yield self.draw_live(state, live, charts_due=False)
                 yield self.draw(state)
+                self._measured(state)
                 return
             due = time.perf_counter() - last_charts >= CHART_INTERVAL
             yield self.draw_live(state, live, charts_due=due)
             if due:
                 last_charts = time.perf_counter()
 
+    def _measured(self, state: RunState) -> None:
+        """A finished run's tokens and seconds (run and baseline) for the queue's wait estimates."""
+        tracks = [t.summary for t in state.tracks if t.summary is not None and not t.stopped]
+        if state.phase == "done" and state.request and len(tracks) == len(state.tracks):
+            self.line.record(state.request.preset, sum(s.new_tokens for s in tracks), sum(s.wall_s for s in tracks))
+
     def on_step(self, data: dict[Block, Any], request: gr.Request) -> Iterator[Update]:
+        self.visitors.of(request).replay.halt()  # as for Run
         yield from guarded(self._step(data, request), self.status)
 
     @gpu_task
@@ -258,3 +337,15 @@ class RunTab:
         v = self.visitors.of(request)
         v.stop.set()
         v.step = None
+        v.replay.halt()  # a playing replay pauses where it is
+
+
+async def _in_thread(gen: Iterator[T]) -> AsyncIterator[T]:
+    """A blocking generator's items, each next() in a worker thread (the event loop stays free); closed at the end or
+    when the consumer goes away, so a run stops at its next step."""
+    done = object()
+    try:
+        while (item := await anyio.to_thread.run_sync(next, gen, done)) is not done:
+            yield item  # type: ignore[misc]
+    finally:
+        gen.close()

@@ -200,7 +200,7 @@ def stream_run(
                     _finish(state)
                     stopped = stop.is_set() or any(t.stopped for t in state.tracks)
                     state.phase = "stopped" if stopped else "done"
-                    state.message = _done_message(state)
+                    state.message = done_message(state)
                     if worker.over_budget:
                         state.meta["over_budget"] = True
                         state.message = f"{state.message.split(';')[0]}: {budget_message(manager.job_seconds)}"
@@ -235,7 +235,8 @@ def _apply(state: RunState, m: Message, stop: threading.Event) -> bool:
     return m.last
 
 
-def _done_message(state: RunState) -> str:
+def done_message(state: RunState) -> str:
+    """The status line of a run that is over (done or stopped): tokens, speedup, whether greedy output matched plain."""
     spec = state.spec.summary if state.spec else None
     if state.phase == "stopped":
         n = spec.new_tokens if spec else 0

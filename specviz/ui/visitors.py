@@ -1,5 +1,5 @@
-"""Per-visitor server state, kept apart by Gradio session id: each visitor's Stop flag and step-mode session. No
-gradio here."""
+"""Per-visitor server state, kept apart by Gradio session id: each visitor's Stop flag, step-mode session and replay
+player. No gradio here."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from specviz.ui.replay import Player
 from specviz.ui.step_mode import StepSession
 
 
 @dataclass
 class Visitor:
-    """Per-visitor server state: the Stop flag and a step-mode session."""
+    """Per-visitor server state: the Stop flag, a step-mode session and the replay player."""
 
     stop: threading.Event = field(default_factory=threading.Event)
     step: StepSession | None = None
+    replay: Player = field(default_factory=Player)
 
 
 class Visitors:
