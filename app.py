@@ -17,10 +17,12 @@ from typing import NoReturn
 from specviz.backends.cache import cache_dir
 from specviz.backends.loading import load_pair
 from specviz.backends.spaces import on_space, on_zero_gpu
+from specviz.core.config import ConfigError
 from specviz.core.presets import default_preset, model_presets
 from specviz.ui.exports import KEEP_RUNS, MAX_MB, ExportStore
 from specviz.ui.models import JOB_SECONDS, ModelManager
 from specviz.ui.page import build_app, launch_kwargs
+from specviz.ui.vllm_panel import VllmTarget
 from specviz.ui.zerogpu import expose
 
 ZERO_GPU_JOB_SECONDS = 60.0  # a ZeroGPU call holds a GPU that visitors share, out of their daily quota
@@ -68,6 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exports-mb", type=float, default=MAX_MB, help=f"disk for all kept downloads, MB ({MAX_MB:g})")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--vllm",
+        default=None,
+        metavar="URL[#MODEL]",
+        help="a vLLM server with speculation that the Run tab's 'Watch a vLLM server' panel sends prompts to "
+        "(visitors cannot name others; see docs/vllm.md)",
+    )
+    p.add_argument(
+        "--vllm-plain", default=None, metavar="URL[#MODEL]", help="with --vllm: its baseline without speculation"
+    )
     args = p.parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
         p.error(f"--port must be between 1 and 65535, got {args.port}")
@@ -93,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if offered and args.preset not in offered:
         p.error(f"--preset {args.preset} is not among --presets ({', '.join(offered)})")
     args.presets = list(dict.fromkeys([args.preset, *offered]))
+    if args.vllm_plain and not args.vllm:
+        p.error("--vllm-plain is the baseline of a --vllm server: give --vllm too")
+    try:
+        args.vllm = VllmTarget.parse(args.vllm, args.vllm_plain)
+    except ConfigError as e:
+        p.error(f"--vllm: {e}")
     return args
 
 
@@ -153,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if on_space():  # the compiled CPU kernel beside the model cache: where that persists, both survive a restart
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
-    demo = build_app(manager, exports=ExportStore(keep=args.keep_exports, max_mb=args.exports_mb))
+    demo = build_app(manager, exports=ExportStore(keep=args.keep_exports, max_mb=args.exports_mb), vllm=args.vllm)
     # ZeroGPU: each GPU call waits for the loads (a GPU worker forked before a pair is loaded would never see it)
     expose(demo, duration=args.job_seconds + 30, gate=manager.settle)
     demo.queue(max_size=64)

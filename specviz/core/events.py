@@ -86,7 +86,11 @@ class StepEvent:
 
     @property
     def rejected(self) -> bool:
-        return any(t.origin == "rejected" for t in self.tokens)
+        """Whether the step refused a guess: a rejected token, or a correction after fewer accepted than drafted (a
+        source that does not report the refused guess itself, such as a vLLM server, leaves only that)."""
+        if any(t.origin == "rejected" for t in self.tokens):
+            return True
+        return self.n_accepted < self.n_drafted and any(t.origin == "resampled" for t in self.tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

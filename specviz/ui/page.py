@@ -20,6 +20,7 @@ from specviz.ui.lab_tab import LabTab
 from specviz.ui.models import LoadState, ModelManager
 from specviz.ui.run_tab import RunTab
 from specviz.ui.visitors import Visitors
+from specviz.ui.vllm_panel import VllmTarget
 
 HEADER = """<div class="sv-header"><h1>specviz <span>see speculative decoding happen</span></h1>
 <p>A small <b>draft</b> model guesses a few tokens; the big <b>target</b> model checks all of them in one pass and
@@ -79,9 +80,14 @@ def model_status_html(manager: ModelManager) -> str:
     return lines + (loading_note(loading) if loading else "")
 
 
-def build_app(manager: ModelManager, visitors: Visitors | None = None, exports: ExportStore | None = None) -> gr.Blocks:
+def build_app(
+    manager: ModelManager,
+    visitors: Visitors | None = None,
+    exports: ExportStore | None = None,
+    vllm: VllmTarget | None = None,
+) -> gr.Blocks:
     """The Blocks app; call launch(**launch_kwargs()) on it. `exports`: where the Run tab's downloads go (default: a
-    bounded folder inside Gradio's cache)."""
+    bounded folder inside Gradio's cache). `vllm`: the operator's vLLM servers (app.py --vllm), or None."""
     visitors = visitors or Visitors()
     with gr.Blocks(title="specviz: see speculative decoding", delete_cache=(1800, 7200)) as demo:
         gr.HTML(HEADER)
@@ -89,9 +95,9 @@ def build_app(manager: ModelManager, visitors: Visitors | None = None, exports: 
         timer = gr.Timer(0.5, active=True)
         with gr.Tabs():
             with gr.Tab("Run", id="run", elem_id="sv-tab-run"):
-                run_tab = RunTab(manager, visitors, exports)
+                run_tab = RunTab(manager, visitors, exports, vllm)
             with gr.Tab("Compare", id="compare", elem_id="sv-tab-compare"):
-                cmp_tab = CompareTab(manager, visitors)
+                cmp_tab = CompareTab(manager, visitors, vllm)
             with gr.Tab("Theory lab", id="lab", elem_id="sv-tab-lab"):
                 lab_tab = LabTab(manager, visitors)
         for tab in (run_tab, cmp_tab, lab_tab):

@@ -197,6 +197,13 @@ class ReplayPanel:
         async for up in self._guard(gen(), request):
             yield up
 
+    async def play(self, request: gr.Request, rec: Recording, speed: str) -> AsyncIterator[Update]:
+        """Play a recording made elsewhere (a vLLM server's run) for this visitor, as an uploaded trace plays."""
+        player = self.visitors.of(request).replay
+        self._hold_upload(player)
+        async for up in self._guard(self._play(player, rec, speed, loaded=True), request):
+            yield up
+
     async def on_play(self, speed: str, request: gr.Request) -> AsyncIterator[Update]:
         player = self.visitors.of(request).replay
         if player.recording is None:
@@ -408,13 +415,19 @@ class ReplayPanel:
 
 
 def recorded_on(meta: dict[str, Any]) -> str:
-    """', recorded on <cpu> (<n> cores), <date>' from a gallery trace's meta ('' for a trace without them)."""
+    """', recorded on <cpu> (<n> cores), <date>' from a gallery trace's meta ('' for a trace without them), and a
+    warning when the machine was busier than its cores (its load average then): its timings, and so its speedup, are
+    those of a shared machine."""
     machine = meta.get("machine")
     date = meta.get("date")
     bits = []
+    busy = ""
     if isinstance(machine, dict) and isinstance(machine.get("cpu"), str):
         cores = machine.get("cores")
         bits.append(machine["cpu"][:60] + (f" ({cores} cores)" if isinstance(cores, int) else ""))
+        load = machine.get("load_avg_1m")
+        if isinstance(cores, int) and isinstance(load, int | float) and not isinstance(load, bool) and load > cores:
+            busy = f" (a busy machine: load {load:.1f} on {cores} cores, so its timings and speedup are noisy)"
     if isinstance(date, str):
         bits.append(date[:10])
-    return f", recorded on {', '.join(bits)}" if bits else ""
+    return f", recorded on {', '.join(bits)}{busy}" if bits else ""

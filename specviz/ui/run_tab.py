@@ -35,6 +35,7 @@ from specviz.ui.step_mode import StepSession
 from specviz.ui.step_panel import render_step_panel
 from specviz.ui.tree_panel import TreePanel
 from specviz.ui.visitors import Visitors
+from specviz.ui.vllm_panel import VllmPanel, VllmTarget
 from specviz.ui.waitline import WaitLine
 
 STREAM_INTERVAL = 0.2  # seconds between updates of the token stream while a run goes (at most 5 a second)
@@ -64,7 +65,14 @@ def live_summary(state: RunState) -> RunSummary | None:
 class RunTab:
     """The Run tab's components and its handlers (Run, Step, Stop)."""
 
-    def __init__(self, manager: ModelManager, visitors: Visitors, exports: ExportStore | None = None) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        visitors: Visitors,
+        exports: ExportStore | None = None,
+        vllm: VllmTarget | None = None,
+    ) -> None:
+        """vllm: the operator's vLLM servers, for the 'Watch a vLLM server' panel (None: the panel says how)."""
         self.manager, self.visitors = manager, visitors
         self.exports = exports or ExportStore()
         self.line = WaitLine()
@@ -76,6 +84,7 @@ class RunTab:
                     self.run_btn = gr.Button("Run", variant="primary", elem_id="sv-run", min_width=80)
                     self.step_btn = gr.Button("Step", variant="secondary", elem_id="sv-step", min_width=80)
                     self.stop_btn = gr.Button("Stop", variant="stop", elem_id="sv-stop", min_width=80)
+                self.vllm = VllmPanel(vllm)
             with gr.Column(scale=8, min_width=360):
                 self.replay = ReplayPanel(visitors)
                 self.status = out(
@@ -119,7 +128,7 @@ class RunTab:
             self.dl_csv = out(
                 gr.DownloadButton("Download per-step table (CSV)", interactive=False, elem_id="sv-dl-csv", size="md")
             )
-        for c in self.replay.own:  # registered last: the API's output positions of the components above stay
+        for c in [*self.replay.own, self.vllm.notes]:  # registered last: the API's output positions above stay
             out(c)
 
     @staticmethod
@@ -137,6 +146,7 @@ class RunTab:
         self.step_btn.click(self.on_step, self.c.inputs, self.out.all, api_name="step", **on_models(self.status))
         self.stop_btn.click(self.on_stop, None, None, queue=False, api_name=False)
         self.replay.wire(self, self.out.all, page=Context.root_block)  # the page's load starts the opening replay
+        self.vllm.wire(self.c, self.replay, self.out.all)
 
     # -- drawing
 
@@ -266,7 +276,7 @@ class RunTab:
                 offered = True
             async for up in _in_thread(guarded(self._run(data, request), self.status)):
                 if not drawing and (self.stream in up or self.delta in up):
-                    up |= self.replay.take_stream(request)
+                    up |= self.replay.take_stream(request) | {self.vllm.notes: ""}
                     drawing = True
                 yield up
             if offered and not drawing:  # it ended before it drew (an error, Stop): the offer goes with it
