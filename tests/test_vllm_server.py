@@ -177,7 +177,6 @@ def test_the_run_tab_plays_a_vllm_servers_run(tmp_path):
     assert "done:" in status, status
     # the same steps and tokens as the server gave specviz directly (greedy: the same answer again)
     assert f"{direct.summary.new_tokens} tokens in {len(direct.steps)} steps" in status, status
-    assert direct.summary.text in outs  # the Run tab's output text
     table = table.get("value", table) if isinstance(table, dict) else table  # a Dataframe's {headers, data}
     assert isinstance(table, dict) and "data" in table, str(table)[:500]
     runs = [row[0] for row in table["data"]]

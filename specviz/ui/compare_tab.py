@@ -161,7 +161,7 @@ class CompareTab:
         """The same prompt and settings on the vLLM server, as one more row of the table and chart."""
         rows = self._last.get(request.session_hash or "")
         if self.vllm is None or not data[self.with_vllm] or rows is None:
-            return {}
+            return {self.status: gr.skip()}  # nothing changes
         try:
             req = self.c.request(data, strategy="plain")  # the prompt and settings; the server has its own proposer
             run = await asyncio.to_thread(ask, self.vllm, req)

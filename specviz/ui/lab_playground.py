@@ -86,7 +86,7 @@ class Playground:
 
     def on_case(self, name: str) -> Update:
         if name not in pgm.PRESETS:
-            return {}  # nothing changes
+            return {self.p: gr.skip(), self.q: gr.skip()}  # nothing changes (an empty dict reads as one value)
         p, q = pgm.PRESETS[name]
         return {self.p: pgm.format_dist(p), self.q: pgm.format_dist(q)}
 

@@ -36,7 +36,8 @@ from specviz.ui.session import RunRequest, RunState
 from specviz.ui.visitors import Visitors
 
 log = logging.getLogger("specviz.ui")
-STREAM_INTERVAL = 0.2  # seconds between a replay's updates, as for a live run (run_tab.STREAM_INTERVAL)
+STREAM_INTERVAL = 0.5  # seconds between a replay's updates: fewer than a live run's (run_tab.STREAM_INTERVAL), so a class of
+# visitors replaying at once stays within what one core serves (each update costs the server a few ms in Gradio)
 CHART_INTERVAL = 3.0  # ... and between its redraws of the two live charts (run_tab.CHART_INTERVAL)
 REPLAY_EVENTS: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}  # never the models' queue
 MAX_UPLOADS = 32  # visitors' uploaded recordings kept in memory at once
@@ -58,6 +59,7 @@ class Canvas(Protocol):
     status: Block
     stream: Block
     delta: Block
+    live_outputs: list[Block]
 
     def draw(self, state: RunState, step_mode: bool = False) -> Update: ...
 
@@ -158,16 +160,35 @@ class ReplayPanel:
         """Connect the controls; `outputs` holds the Run tab's components and the panel's own. `page`: the Blocks
         whose load event starts the opening replay."""
         self.canvas = canvas
-        self.picker.input(self.on_pick, [self.picker, self.speed], outputs, api_name="replay", **REPLAY_EVENTS)
-        self.upload.upload(self.on_upload, [self.upload, self.speed], outputs, api_name="replay_file", **REPLAY_EVENTS)
-        self.play_btn.click(self.on_play, self.speed, outputs, api_name="replay_play", **REPLAY_EVENTS)
-        self.offer.click(self.on_offer, self.speed, outputs, api_name=False, **REPLAY_EVENTS)
+        # a playing event lists only what its frames draw: Gradio rebuilds every output an update leaves out (a
+        # component per output per frame, for each visitor), so the full page at the end comes from a .then
+        frames = self.frame_outputs = [*canvas.live_outputs, *self.own]
+        for event, fn, inputs, api in (
+            (self.picker.input, self.on_pick, [self.picker, self.speed], "replay"),
+            (self.upload.upload, self.on_upload, [self.upload, self.speed], "replay_file"),
+            (self.play_btn.click, self.on_play, self.speed, "replay_play"),
+            (self.offer.click, self.on_offer, self.speed, False),
+        ):
+            self.then_finish(event(fn, inputs, frames, api_name=api, **REPLAY_EVENTS), outputs)
         self.pause_btn.click(self.on_pause, None, outputs, api_name="replay_pause", **REPLAY_EVENTS)
         self.next_btn.click(self.on_next, None, outputs, api_name="replay_next", **REPLAY_EVENTS)
         self.scrub.release(self.on_scrub, self.scrub, outputs, api_name="replay_scrub", **REPLAY_EVENTS)
         self.speed.input(self.on_speed, self.speed, None, queue=False, api_name=False, show_progress="hidden")
         if page is not None:
-            page.load(self.on_open, None, outputs, api_name=False, **REPLAY_EVENTS)
+            self.then_finish(page.load(self.on_open, None, frames, api_name=False, **REPLAY_EVENTS), outputs)
+
+    def then_finish(self, event: Any, outputs: list[Block]) -> None:
+        """After a playing event: the full page of a replay that played to its end (nothing otherwise)."""
+        event.then(self.on_finish, None, outputs, api_name=False, **REPLAY_EVENTS)
+
+    async def on_finish(self, request: gr.Request) -> Update:
+        """The finished replay's full page (charts, text, table, tree), unless the visitor moved on: paused, scrubbed,
+        picked another or started a live run."""
+        player = self.visitors.of(request).replay
+        rec = player.recording
+        if rec is None or player.playing or player.live or player.shown < rec.events or self.canvas is None:
+            return {self.rstatus: gr.skip()}  # nothing changes (an empty dict would read as one output's value)
+        return self._over(self.canvas.draw(rec.state(rec.events)), player)
 
     # -- handlers
 
@@ -259,7 +280,7 @@ class ReplayPanel:
             yield {self.rstatus: render.render_error(friendly(e))}
 
     async def _play_entry(
-        self, key: str | None, speed: str, request: gr.Request, quiet: bool = False, start: int = 0
+        self, key: str | None, speed: str, request: gr.Request, quiet: bool = False, start: int = 1
     ) -> AsyncIterator[Update]:
         if not key:
             if quiet:  # a page without a gallery opens as before
@@ -278,9 +299,10 @@ class ReplayPanel:
         speed: str,
         loaded: bool = False,
         key: str | None = None,
-        start: int = 0,
+        start: int = 1,
     ) -> AsyncIterator[Update]:
-        """Play `rec` from the player's position (from `start` when `loaded` is a new one) at `speed`: updates at most
+        """Play `rec` from the player's position (from `start` when `loaded` is a new one: step 1 shows at once, so a
+        replay starts the moment it is asked for, not after its first recorded step's wait) at `speed`: updates at most
         every STREAM_INTERVAL, the stream's new steps through a fresh LiveStream as a live run sends them (its first
         delta starts the browser's stream over, so the stream component itself is never sent), the two live charts
         every CHART_INTERVAL, the full page at the end. Stops, without drawing again, once another play, pause, step,
@@ -306,7 +328,7 @@ class ReplayPanel:
                 if due >= rec.events:
                     player.playing = False
                     yield first | self._frame(canvas, player, state, live, charts=False)
-                    yield self._over(canvas.draw(state), player)
+                    yield {k: v for k, v in self._over(canvas.draw(state), player).items() if k in self.frame_outputs}
                     return
                 charts = now - last_charts >= CHART_INTERVAL
                 yield first | self._frame(canvas, player, state, live, charts)
@@ -317,7 +339,7 @@ class ReplayPanel:
         # superseded: end on an update that changes nothing. Gradio's end-of-event message repeats the event's last
         # output, and the page applies it when it lands, so a frame from before the pause, scrub or upload would
         # otherwise come back over what that handler drew (say, an upload's error line)
-        yield {}
+        yield {self.rstatus: gr.skip()}
 
     def _frame(self, canvas: Canvas, player: Player, state: RunState, live: LiveStream, charts: bool) -> Update:
         up = canvas.draw_live(state, live, charts)

@@ -185,6 +185,11 @@ class RunTab:
             up |= self._charts(state, live=True)
         return up
 
+    @property
+    def live_outputs(self) -> list[Block]:
+        """What draw_live updates (a replay's playing frames draw only these)."""
+        return [self.status, self.kpis, self.theory, self.delta, self.fig_tput, self.fig_accept]
+
     def blank_step(self) -> Update:
         """Step mode's panel and chart as before any step."""
         return {

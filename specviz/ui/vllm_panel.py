@@ -99,7 +99,10 @@ class VllmPanel:
             async for up in self._run(data, request):
                 yield up
 
-        self.run_btn.click(on_run, {*controls.inputs, self.chat, replay.speed}, outputs, api_name="vllm", **VLLM_EVENTS)
+        ev = self.run_btn.click(
+            on_run, {*controls.inputs, self.chat, replay.speed}, outputs, api_name="vllm", **VLLM_EVENTS
+        )
+        replay.then_finish(ev, outputs)  # the finished run's full page, as for a gallery replay
 
     async def _run(self, data: dict[Block, Any], request: gr.Request) -> AsyncIterator[Update]:
         assert self.target is not None
