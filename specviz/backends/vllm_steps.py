@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from specviz.core.config import ConfigError
 from specviz.core.events import RunSummary, StepEvent, TokenEvent
+from specviz.core.metrics import summarize
 
 # proposers that draft at every decode step (drafts stop only at the model's context end), so a run's steps without
 # a draft can only come after its last verify step
@@ -343,33 +344,19 @@ def run_summary(
 ) -> RunSummary:
     """The run's totals. rejections: the verify steps that refused a drafted token (one each: the first refused;
     the rest were never checked), a count the arrays give exactly; tv_sum and cost_ratio are unknown (0 and None)."""
-    n_steps = len(events)
-    new = len(output_ids)
-    drafted = sum(e.n_drafted for e in events)
-    accepted = sum(e.n_accepted for e in events)
-    return RunSummary(
+    summary = summarize(
+        events,
         strategy=strategy,
         rule=rule,
         gamma=k,
-        new_tokens=new,
-        steps=n_steps,
-        drafted=drafted,
-        accepted=accepted,
-        acceptance_rate=accepted / drafted if drafted else 0.0,
-        mean_accepted=accepted / n_steps if n_steps else 0.0,
-        tokens_per_step=new / n_steps if n_steps else 0.0,
         wall_s=wall_s,
         prefill_ms=first_ms,
-        tokens_per_s=new / wall_s if wall_s > 0 else 0.0,
-        draft_ms=0.0,
-        verify_ms=0.0,
-        cost_ratio=None,
-        tv_sum=0.0,
-        rejections=sum(s.kind == "verify" and s.accepted < s.drafted for s in lay.steps),
         stop_reason=stop,
-        output_ids=list(output_ids),
+        output_ids=output_ids,
         text=text,
     )
+    # the arrays count refusals exactly, though the refused tokens themselves are not reported
+    return replace(summary, rejections=sum(s.kind == "verify" and s.accepted < s.drafted for s in lay.steps))
 
 
 def position_rates(lay: Layout) -> list[dict[str, Any]]:
