@@ -12,7 +12,7 @@ from specviz.backends.lm import LM
 from specviz.backends.tiny import perturbed_copy
 from specviz.core.config import ConfigError, GenConfig
 from specviz.core.engine import run
-from specviz.core.events import StepEvent, trace_from_json, trace_to_json
+from specviz.core.events import RunSummary, StepEvent, trace_from_json, trace_to_json
 from specviz.core.theory import expected_speedup, expected_tokens_per_step
 from specviz.proposers import DraftModelProposer
 
@@ -204,3 +204,17 @@ def test_why_sentence_points_away_from_a_costly_draft():
     costly = why_sentence(0.8, 0.6, 4, 0.95)
     assert "measured 0.95x (slower than plain)" in costly and "prompt lookup, layer skip or helper heads" in costly
     assert "helper heads" not in why_sentence(0.8, 0.2, 4, 2.1)
+
+
+def test_why_says_plain_only_without_drafts_and_no_prediction_without_a_cost():
+    from dataclasses import replace
+
+    from specviz.core.theory import why
+
+    base = RunSummary(strategy="s", rule="greedy", gamma=4, new_tokens=8, steps=4, drafted=4, accepted=1,
+                      acceptance_rate=0.25, mean_accepted=0.25, tokens_per_step=2.0, wall_s=1.0, prefill_ms=0.0,
+                      tokens_per_s=8.0, draft_ms=0.0, verify_ms=0.0, cost_ratio=None, tv_sum=0.0, rejections=1,
+                      stop_reason="max_new_tokens")  # fmt: skip
+    assert "No drafts were made" in why(replace(base, drafted=0, accepted=0))
+    untimed = why(base)  # drafts, but nothing timed them apart (a vLLM server's run)
+    assert "No drafts" not in untimed and "was not measured" in untimed and "predicts no speedup" in untimed

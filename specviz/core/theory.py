@@ -52,13 +52,21 @@ def theory_numbers(s: RunSummary) -> dict[str, float | None]:
 
 
 def why(s: RunSummary) -> str:
+    """One plain sentence on why the run was or was not faster."""
+    if not s.drafted:
+        return "No drafts were made, so this run is plain decoding."
     return why_sentence(per_token_alpha(s), s.cost_ratio, s.gamma, s.speedup)
 
 
 def why_sentence(alpha: float, c: float | None, gamma: int, speedup: float | None) -> str:
-    """One plain sentence on why a run was or was not faster."""
+    """One plain sentence on why a run was or was not faster; c None: drafting was not timed apart (say, a vLLM
+    server's run), so no speedup is predicted."""
     if c is None:
-        return "No drafts were made, so this run is plain decoding."
+        measured = f"; measured {speedup:.2f}x against plain" if speedup is not None else ""
+        return (
+            f"{alpha:.0%} of guesses were accepted; what a draft step costs was not measured for this run, so theory "
+            f"predicts no speedup{measured}."
+        )
     pred = expected_speedup(alpha, gamma, c)
     head = f"Drafting costs {c:.2f} of a target step and {alpha:.0%} of guesses were accepted, so with gamma={gamma} "
     head += f"theory predicts {pred:.2f}x"
