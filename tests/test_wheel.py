@@ -46,6 +46,9 @@ def test_wheel_holds_every_subpackage_and_its_data(wheel):
         "specviz/assets/style.css",
         "specviz/assets/medusa-tiny-random.safetensors",
         "specviz/backends/kernels/packed_linear.cpp",
+        "specviz/backends/kernels/quant_linear.cpp",
+        "specviz/backends/kernels/quant_kernel.h",
+        "specviz/backends/kernels/quant_common.h",
     ]
     assert [d for d in data if d not in names] == []
     assert not [n for n in names if n.startswith("tests/")]

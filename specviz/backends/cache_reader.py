@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,10 @@ class CacheReader:
     Every byte is checked against the checksum written with it while it is read: a damaged file raises CorruptCache.
     take() hands each state dict over and keeps no reference, so packing can free the float32 weights as it goes."""
 
-    def __init__(self, paths: Sequence[Path | None]) -> None:
+    def __init__(self, paths: Sequence[Path | None], read: Callable[[Path], Any] = read_cached) -> None:
+        """read: what a path becomes (by default its weights, checked; the GGUF path passes its block reader)."""
         self.paths = [p for p in paths if p is not None]
+        self._read = read
         self._pending = list(self.paths)  # what take() has still to hand over (the thread reads self.paths)
         self._out: queue.Queue[tuple[Path, Any]] = queue.Queue()
         self._stop = threading.Event()
@@ -35,14 +37,14 @@ class CacheReader:
             if self._stop.is_set():
                 return
             try:
-                self._out.put((path, read_cached(path)))
+                self._out.put((path, self._read(path)))
             except Exception as e:  # handed to take(), which raises it in the loading thread
                 self._out.put((path, e))
 
     def reading(self, path: Path) -> bool:
         return path in self._pending
 
-    def take(self, path: Path) -> dict[str, torch.Tensor] | None:
+    def take(self, path: Path) -> dict[str, torch.Tensor] | Any | None:
         """The path's weights (waiting for them), or None when this reader is not reading it."""
         if path not in self._pending:
             return None

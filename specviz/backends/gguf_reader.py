@@ -97,6 +97,14 @@ class GGUFFile:
         t = self.tensors[name]
         return np.frombuffer(self._map, dtype=np.uint8, count=t.nbytes, offset=t.offset)
 
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process's resident memory once it has been copied out (the page cache
+        keeps them): repacking a model tensor by tensor then holds one tensor's pages at a time, not the file's."""
+        t = self.tensors[name]
+        lo = t.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        with contextlib.suppress(OSError, AttributeError, ValueError):  # no madvise here: the pages just stay
+            self._map.madvise(mmap.MADV_DONTNEED, lo, t.offset + t.nbytes - lo)
+
     def tensor(self, name: str) -> torch.Tensor:
         """The tensor dequantised to float32, in torch order."""
         t = self.tensors[name]

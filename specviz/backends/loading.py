@@ -13,12 +13,30 @@ from typing import Any
 
 import torch
 
-from specviz.backends.cache import cached_embedded, cached_file, embedded_folder, invalidate
+from specviz.backends.cache import (
+    cached_embedded,
+    cached_file,
+    cached_gguf,
+    cached_gguf_file,
+    embedded_folder,
+    gguf_folder,
+    invalidate,
+)
 from specviz.backends.cache_reader import CacheReader
 from specviz.backends.codecs import ByteCodec, Codec, HFCodec
 from specviz.backends.devices import pick_device, pick_dtype
 from specviz.backends.fastpath import draft_fast_path, target_fast_path, use_bf16_draft, use_cpu_fast_path
+from specviz.backends.gguf_quant import (
+    MODEL_FILE,
+    NotQuantisable,
+    describe,
+    is_quant,
+    quant_model,
+    read_in_background,
+    to_float32,
+)
 from specviz.backends.kernels import kernel, prebuild
+from specviz.backends.kernels import quant as qk
 from specviz.backends.lm import LM
 from specviz.backends.spaces import on_zero_gpu
 from specviz.backends.tiny import shapes_model, tiny_pair
@@ -79,10 +97,15 @@ def load_pair(
     info: dict[str, Any] = {"preset": preset, "device": str(dev), "dtype": str(dt).replace("torch.", "")}
     if spec.get("heads"):
         info["heads_spec"] = dict(spec["heads"])
-    place = _Placement(dev, dt, fast and use_cpu_fast_path(dev, dt), info, progress or (lambda f, m: None))
+    cpu_fast = fast and use_cpu_fast_path(dev, dt)
+    place = _Placement(dev, dt, cpu_fast, info, progress or (lambda f, m: None), cpu_fast and use_quant())
     if place.cpu_fast:
-        prebuild()
-        place.progress(0.0, "starting; a first start on a machine also compiles our CPU kernel (about a minute)")
+        sources = [spec[r].get("source") for r in ("target", "draft") if spec.get(r)]
+        if place.quant and "embedded" in sources:
+            qk.prebuild()  # seconds; the packed kernel is built only if some model needs it
+        if not place.quant or any(s != "embedded" for s in sources):
+            prebuild()
+            place.progress(0.0, "starting; a first start on a machine also compiles our CPU kernel (about a minute)")
     source = spec["target"].get("source")
     if source == "random":
         target, draft, codec = tiny_pair(spec, dt)
@@ -113,16 +136,23 @@ def _draft(wrap: Callable[[torch.nn.Module, str], Any], model: torch.nn.Module) 
     return LM(model, "draft", exact=False) if wrap is LM else wrap(model, "draft")
 
 
+def use_quant() -> bool:
+    """Whether embedded GGUF models run on the quantised kernel straight from their blocks (the default on the CPU
+    fast path); SPECVIZ_QUANT=0 takes the float32 path instead (its float32 and packed caches, as before)."""
+    return os.environ.get("SPECVIZ_QUANT", "1") != "0"
+
+
 @dataclass
 class _Placement:
-    """Where the models of one load go (device, dtype, whether the CPU fast path packs them); `info` collects what
-    was used, `progress` hears about slow steps."""
+    """Where the models of one load go (device, dtype, whether the CPU fast path packs them, whether embedded GGUF
+    models run on the quantised kernel); `info` collects what was used, `progress` hears about slow steps."""
 
     dev: torch.device
     dt: torch.dtype
     cpu_fast: bool
     info: dict[str, Any]
     progress: Progress
+    quant: bool = False
 
     def finish(self, model: torch.nn.Module, role: str, folder: Path | None = None) -> torch.nn.Module:
         """On the device, with the CPU fast path: done per model as it arrives, so packing the target overlaps
@@ -130,7 +160,9 @@ class _Placement:
         model = model.to(self.dev)
         key = "linear" if role == "target" else "draft_linear"
         cached = packed_dtype(model)
-        if cached is not None:  # read from the packed cache: nothing to pack
+        if is_quant(model):  # already on its kernel, from the GGUF's blocks
+            self.info[key] = describe(model)
+        elif cached is not None:  # read from the packed cache: nothing to pack
             bf16 = cached == torch.bfloat16
             self.info[key] = f"specviz packed kernel{', bf16 weights' if bf16 else ''} (from the packed cache)"
         elif self.cpu_fast:
@@ -155,18 +187,28 @@ def _transformers_pair(
     bf16_draft = use_bf16_draft(place.dev, place.dt)
     wanted = {"target": torch.float32, "draft": torch.bfloat16 if bf16_draft else torch.float32}
     roles = ["target"] + (["draft"] if spec.get("draft") else [])
-    reader = CacheReader([cached_file(spec[r], wanted[r] if place.cpu_fast else None) for r in roles])
+    if place.quant:  # the GGUFs' blocks, checked and repacked in the background (the C++ repacking frees the GIL)
+        reader = CacheReader([cached_gguf_file(spec[r]) for r in roles], read=read_in_background)
+    else:
+        reader = CacheReader([cached_file(spec[r], wanted[r] if place.cpu_fast else None) for r in roles])
     chat = spec.get("chat", True)
     try:
         target, tcodec, tinfo = load_one(
-            spec["target"], place.dt, chat, _scaled(place.progress, 0.0, 0.7, "target"), reader=reader
+            spec["target"],
+            place.dt,
+            chat,
+            _scaled(place.progress, 0.0, 0.7, "target"),
+            reader=reader,
+            quant=place.quant,
         )
         place.info["target"] = tinfo
         target = place.finish(target, "target", embedded_folder(tinfo))
         if not spec.get("draft"):
             return target, None, tcodec
         progress = _scaled(place.progress, 0.7, 1.0, "draft")
-        draft, dcodec, dinfo = load_one(spec["draft"], place.dt, chat, progress, share=tcodec, reader=reader)
+        draft, dcodec, dinfo = load_one(
+            spec["draft"], place.dt, chat, progress, share=tcodec, reader=reader, quant=place.quant
+        )
         place.info["draft"] = dinfo
         shared = isinstance(dcodec, HFCodec) and isinstance(tcodec, HFCodec) and dcodec.tok is tcodec.tok
         if not shared and dcodec.vocab_key() != tcodec.vocab_key():
@@ -245,13 +287,16 @@ def load_one(
     progress: Progress,
     share: HFCodec | None = None,
     reader: CacheReader | None = None,
+    quant: bool = False,
 ) -> tuple[Any, HFCodec, dict]:
     """One model and its codec; `share`: a codec whose tokenizer to reuse when this model's tokenizer files are the
     same bytes (the embedded pair's are: building a Qwen tokenizer takes seconds); `reader`: where its cached weights
-    are being read in the background."""
+    are being read in the background; quant: an embedded model runs on the quantised kernel, from its GGUF."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind = src.get("source")
+    if kind == "embedded" and quant:
+        return _load_gguf(src["name"], chat, progress, share, reader)
     if kind == "embedded":
         path, info, fresh = cached_embedded(src["name"], progress)
         load_kw: dict[str, Any] = {}
@@ -280,6 +325,51 @@ def load_one(
     except OSError as e:
         raise ConfigError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from e
     return model, HFCodec(tok, _eos_ids(model, tok), chat), info
+
+
+def _load_gguf(
+    name: str, chat: bool, progress: Progress, share: HFCodec | None, reader: CacheReader | None
+) -> tuple[Any, HFCodec, dict]:
+    """An embedded model on the quantised kernel, from its GGUF cache folder (built first on a cold start; rebuilt
+    once if found damaged). Where the kernel is unavailable or the file holds what it does not take, the GGUF is
+    dequantised to float32 in memory instead (the float32 path's numbers, without its cache)."""
+    from transformers import AutoTokenizer
+
+    try:
+        folder, info = cached_gguf(name, progress)
+        progress(0.9, "loading weights")
+        if share is not None and _same_tokenizer_files(Path(share.tok.name_or_path), folder):
+            tok = share.tok
+        else:
+            tok = AutoTokenizer.from_pretrained(folder)
+        gguf = folder / MODEL_FILE
+        try:
+            try:
+                model = quant_model(folder, (lambda: reader.take(gguf)) if reader else None)
+            except CorruptCache as e:  # a damaged cache is never used: rebuilt now, once
+                progress(0.1, f"cache damaged, rebuilding: {e}")
+                invalidate(folder)
+                folder, info = cached_gguf(name, progress)
+                model, info["damaged"] = quant_model(folder), str(e)
+        except (NotQuantisable, RuntimeError) as e:  # RuntimeError: the kernel did not build
+            from specviz.backends.gguf_convert import convert
+
+            info["quant_declined"] = str(e)[:200]
+            model = convert(folder / MODEL_FILE, progress)[0]
+    except OSError as e:
+        raise ConfigError(f"could not load model {name!r} from {gguf_folder(name)}: {str(e).splitlines()[0]}") from e
+    return model, HFCodec(tok, _eos_ids(model, tok), chat), info
+
+
+def float32_twin(pair: ModelPair, role: str = "target") -> LM:
+    """The pair's quantised target (or draft) as the float32 path runs a target (what SPECVIZ_QUANT=0 loads), built
+    anew from its GGUF cache: every weight dequantised exactly and packed for the float32 kernel; for side-by-side
+    comparisons (bench, tests) without the float32 cache. About 7 GB for the embedded target."""
+    lm = pair.target if role == "target" else pair.draft
+    folder = embedded_folder(pair.info.get(role, {}))
+    if folder is None or lm is None or not is_quant(lm.model):
+        raise ConfigError(f"preset {pair.preset!r}: its {role} does not run on the quantised kernel")
+    return LM(to_float32(quant_model(folder)), f"{role}-float32", exact=lm.exact)
 
 
 def _same_tokenizer_files(a: Path, b: Path) -> bool:

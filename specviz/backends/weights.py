@@ -391,13 +391,19 @@ def from_packed(cls: type, config: Any, state: dict[str, torch.Tensor]) -> torch
         model = cls(config)
     swap_shells(model, dtype)
     model.load_state_dict(state, strict=True, assign=True)
-    for name, module in list(model.named_modules()):  # non-persistent buffers (rotary frequencies) are rebuilt
-        if any(b.is_meta for b in module.buffers(recurse=False)):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, type(module)(config=module.config))
+    rebuild_buffers(model)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise RuntimeError("packed weights left parts of the model unset")
     return model.eval()
+
+
+def rebuild_buffers(model: torch.nn.Module) -> None:
+    """Rebuild the modules of a model built on the meta device whose non-persistent buffers (rotary frequencies) no
+    weight file holds, each from its own config."""
+    for name, module in list(model.named_modules()):
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, type(module)(config=module.config))
 
 
 def trim() -> None:

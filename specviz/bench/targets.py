@@ -1,9 +1,11 @@
 """The speed targets as benchmarks: each measures one ratio in one run (fair baseline against Hugging Face generate,
-instrumentation overhead, draft model against HF assisted generation, CPU speedups, start-up and memory) and says
-whether it holds. Never a timed test: `python -m specviz bench --targets ...` prints the table."""
+instrumentation overhead, draft model against HF assisted generation, CPU speedups, the quantised kernel against the
+float32 path, start-up and memory) and says whether it holds. Never a timed test: `python -m specviz bench --targets
+...` prints the table."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,7 +13,8 @@ from typing import Any
 
 import torch
 
-from specviz.backends.loading import ModelPair, load_pair
+from specviz.backends.gguf_quant import is_quant
+from specviz.backends.loading import ModelPair, float32_twin, load_pair
 from specviz.bench.suite import aggregate, bench_rows
 from specviz.core.config import GenConfig
 from specviz.core.engine import run
@@ -19,7 +22,7 @@ from specviz.core.events import RunSummary
 from specviz.core.presets import suite_prompts
 from specviz.proposers import build_proposer
 
-TARGETS = ("baseline", "overhead", "attention", "assisted", "speedups", "startup", "gpu")
+TARGETS = ("baseline", "overhead", "attention", "assisted", "speedups", "quant", "startup", "gpu")
 Log = Callable[[str], None]
 
 
@@ -305,6 +308,68 @@ def check_speedups(pair: ModelPair, cfg: GenConfig, limit: int, ngram_gamma: int
             )
         )
     return rows
+
+
+def check_quant(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log) -> list[TargetRow]:
+    """The quantised kernel against the float32 path on the same target, in one run: plain decoding's tokens/s with
+    the prompts interleaved (alternating which goes first) and the output token for token, and the logits of each
+    prompt's prefill bit for bit. The float32 side is the target rebuilt as SPECVIZ_QUANT=0 runs it (every weight
+    dequantised, the float32 packed kernel; about 7 GB more for the embedded target)."""
+    if not is_quant(pair.target.model):
+        log(f"quant: skipped, the target runs {pair.info.get('linear', 'another kernel')}, not the quantised kernel")
+        return []
+    log("quant: building the float32 path's target from the same GGUF")
+    f32 = dataclasses.replace(pair, target=float32_twin(pair))
+    prompts = _prompts(suite, limit)
+    run_strategy(f32, "plain", pair.codec.encode(prompts[0][2]), GenConfig(max_new_tokens=4))  # its warm-up
+    wall = {"quant": 0.0, "f32": 0.0}
+    prefill = {"quant": 0.0, "f32": 0.0}  # seconds of the prompts' passes (part of wall)
+    tokens = {"quant": 0, "f32": 0}
+    prompt_tokens = 0
+    same, differing, values, worst = True, 0, 0, 0.0
+    for i, (_, name, prompt) in enumerate(prompts):
+        ids = pair.codec.encode(prompt)
+        log(f"quant: {name}")
+        out = {}
+        for side in ("quant", "f32") if i % 2 == 0 else ("f32", "quant"):
+            s = run_strategy(pair if side == "quant" else f32, "plain", ids, cfg, instrument=False)
+            wall[side], tokens[side], out[side] = wall[side] + s.wall_s, tokens[side] + s.new_tokens, s.output_ids
+            prefill[side] += s.prefill_ms / 1e3
+        prompt_tokens += len(ids)
+        same &= out["quant"] == out["f32"]
+        logits = []
+        for lm in (pair.target, f32.target):
+            lm.reset()
+            logits.append(lm.forward(ids))
+        differing += int((logits[0] != logits[1]).sum())
+        values += logits[0].numel()
+        worst = max(worst, float((logits[0] - logits[1]).abs().max()))
+    del f32
+    tps = {k: tokens[k] / wall[k] if wall[k] else 0.0 for k in wall}
+    # decoding alone: the passes after each prompt's (its first token comes with the prompt's pass)
+    dec = {k: (tokens[k] - len(prompts)) / (wall[k] - prefill[k]) if wall[k] > prefill[k] else 0.0 for k in wall}
+    pre = {k: prompt_tokens / prefill[k] if prefill[k] else 0.0 for k in wall}
+    return [
+        TargetRow(
+            "7 quantised kernel",
+            f"plain decoding tokens/s, quantised kernel / float32 path ({pair.info.get('linear', '?')})",
+            dec["quant"] / dec["f32"] if dec["f32"] else 0.0,
+            ">=",
+            3.0,
+            f"decoding {dec['quant']:.2f} vs {dec['f32']:.2f} tokens/s; with the prompts' passes {tps['quant']:.2f} vs "
+            f"{tps['f32']:.2f}; prefill {pre['quant']:.0f} vs {pre['f32']:.0f} prompt tokens/s; {tokens['quant']} "
+            "tokens",
+            same,
+        ),
+        TargetRow(
+            "7 same numbers",
+            "prefill logits that differ from the float32 path's",
+            differing,
+            "<=",
+            0,
+            f"{differing} of {values} values, largest difference {worst:g}",
+        ),
+    ]
 
 
 def format_targets(rows: Sequence[TargetRow]) -> str:

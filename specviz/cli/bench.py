@@ -58,6 +58,8 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
             rows += tg.check_assisted(pair, cfg, suite, args.limit, log)
         elif name == "speedups":
             rows += tg.check_speedups(pair, cfg, args.limit, args.ngram_gamma, log)
+        elif name == "quant":
+            rows += tg.check_quant(pair, cfg, suite, args.limit, log)
     gpu_only = report is not None and set(names) == {"gpu"}  # its own preset, on its GPU
     meta = {
         "preset": report["preset"] if gpu_only else preset,

@@ -16,8 +16,10 @@ import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import TypeVar
 
 import torch
 
@@ -33,6 +35,7 @@ CFLAGS = ["-O3", "-march=native", "-mavx2", "-mfma", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 LOCK_WAIT_S = 600.0  # the longest wait on another process's build (40-130 s on our 2-core VM) before building too
 _LIB_EXT = ".pyd" if sys.platform == "win32" else ".so"
+T = TypeVar("T")
 
 
 _prebuild: threading.Thread | None = None
@@ -131,33 +134,44 @@ def _import(folder: Path) -> ModuleType | None:
 
 
 def _load_or_build(final: Path) -> ModuleType:
-    """Load the finished build, else build it: in a private folder (torch's own lock file inside it is then never
-    shared, so a build killed by SIGKILL leaves nothing that blocks the next start), renamed into place once done,
-    behind a lock the system frees when its holder dies. A finished build loads with no lock and no ninja."""
-    mod = _import(final)
+    """The packed kernel's finished build, else built now by torch's cpp_extension (load_or_build)."""
+    return load_or_build(final, _import, _torch_build)
+
+
+def _torch_build(work: Path) -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name=NAME,
+        sources=[str(SOURCE)],
+        extra_cflags=CFLAGS,
+        extra_ldflags=LDFLAGS,
+        build_directory=str(work),
+        verbose=False,
+    )
+
+
+def load_or_build(final: Path, load: Callable[[Path], T | None], build: Callable[[Path], T]) -> T:
+    """Load the finished build in `final`, else build it: in a private folder (torch's own lock file inside it is
+    then never shared, so a build killed by SIGKILL leaves nothing that blocks the next start), renamed into place
+    once done, behind a lock the system frees when its holder dies. A finished build loads with no lock and no
+    compiler. load(folder): the built thing, or None when the folder holds none that works; build(work): build into
+    `work` and return what it built."""
+    mod = load(final)
     if mod is not None:
         return mod
     final.parent.mkdir(parents=True, exist_ok=True)
     with BuildLock(final.with_name(final.name + ".lock")) as held:
-        mod = _import(final)  # built by the process we waited for
+        mod = load(final)  # built by the process we waited for
         if mod is not None:
             return mod
         if held:
             _sweep(final)
             shutil.rmtree(final, ignore_errors=True)  # a folder that will not load (say, cut short by a crash)
-        from torch.utils.cpp_extension import load
-
         work = final.with_name(f"{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
         work.mkdir()
         try:
-            mod = load(
-                name=NAME,
-                sources=[str(SOURCE)],
-                extra_cflags=CFLAGS,
-                extra_ldflags=LDFLAGS,
-                build_directory=str(work),
-                verbose=False,
-            )
+            built = build(work)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -165,7 +179,7 @@ def _load_or_build(final: Path) -> ModuleType:
             os.rename(work, final)  # atomic: the folder is whole or absent
         except OSError:  # another build got there first (we did not hold the lock): ours goes
             shutil.rmtree(work, ignore_errors=True)
-        return mod
+        return built
 
 
 def _sweep(final: Path) -> None:
