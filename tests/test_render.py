@@ -12,7 +12,8 @@ import pytest
 from helpers import step, summary, tok
 
 from specviz.core.events import StepEvent
-from specviz.core.theory import per_token_alpha, theory_numbers
+from specviz.core.metrics import with_plain
+from specviz.core.theory import per_token_alpha, theory_numbers, why
 from specviz.ui import render, tables
 from specviz.ui.step_panel import render_step_panel
 
@@ -127,6 +128,18 @@ def test_theory_numbers_match_hand_computed_values():
     assert render.render_theory(None).startswith('<div class="sv-theory sv-muted">')
     assert theory_numbers(summary(cost_ratio=None))["expected_speedup"] is None
     assert per_token_alpha(summary(accepted=0, rejections=0)) == 0.0
+
+
+def test_the_prediction_counts_the_measured_cost_of_a_verification_pass():
+    """with_plain measures V(k)/V(1) from the two runs' pass times; the prediction divides by it, and says so."""
+    spec = summary(steps=10, verify_ms=1500.0, speedup=None)
+    plain = summary(strategy="plain", steps=40, verify_ms=4000.0, drafted=0, accepted=0, cost_ratio=None)
+    with_plain(spec, plain)
+    assert spec.pass_ratio == pytest.approx(1.5)  # 150 ms a 5-token pass against 100 ms a one-token pass
+    assert theory_numbers(spec)["expected_speedup"] == pytest.approx(3.3616 / 3 / 1.5)
+    sentence = why(spec)
+    assert "costs 1.50x a one-token pass" in sentence and "theory predicts 0.75x" in sentence, sentence
+    assert plain.pass_ratio is None  # nothing was drafted: no verification pass to compare
 
 
 def test_kpis_and_tables():

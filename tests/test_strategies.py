@@ -14,7 +14,7 @@ from specviz.backends.surgery import layer_view
 from specviz.backends.tiny import tiny_model
 from specviz.core.config import MAX_GAMMA, ConfigError, GenConfig
 from specviz.core.engine import run
-from specviz.core.presets import prompt_suites
+from specviz.core.presets import prompt_suites, suite_prompts
 from specviz.core.proposal import Outcome, Proposal
 from specviz.core.sampling import Sampler
 from specviz.medusa import lm_head_weight
@@ -381,3 +381,14 @@ def test_every_prompt_suite_has_three_prompts():
         assert len(prompts) >= 3, name
         assert len({p["name"] for p in prompts}) == len(prompts), name
         assert all(isinstance(p["prompt"], str) and p["prompt"].strip() for p in prompts), name
+
+
+def test_the_long_suite_holds_long_contexts_and_is_asked_for_by_name():
+    long = suite_prompts("long")
+    assert len(long) >= 3
+    for _, name, prompt in long:
+        assert "{context}" not in prompt, name
+        assert 4000 <= len(prompt) <= 10000, name  # 1,100-2,000 tokens of context (glob.py: 1,999)
+    assert not any(s == "long" for s, _, _ in suite_prompts("all"))  # seconds of prefill each: not in 'all'
+    with pytest.raises(ConfigError, match="known suites: .*long"):
+        suite_prompts("longest")

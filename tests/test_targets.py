@@ -60,6 +60,7 @@ def test_a_row_holds_only_within_its_bound_and_with_identical_output():
 
 def test_all_targets_are_those_this_machine_can_measure(monkeypatch):
     monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(tg.importlib.util, "find_spec", lambda name: None)  # no llama_cpp here
     assert tg.chosen("all") == ["baseline", "overhead", "attention", "assisted", "speedups", "quant", "startup"]
     monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: True)
     assert tg.chosen("all")[-1] == "gpu"
@@ -69,4 +70,12 @@ def test_all_targets_are_those_this_machine_can_measure(monkeypatch):
 def test_the_quant_target_skips_a_pair_not_on_the_quantised_kernel(tiny):
     log: list[str] = []
     assert tg.check_quant(tiny, GenConfig(max_new_tokens=4), "code", 1, log.append) == []
+    assert "skipped" in log[0]
+
+
+def test_the_llamacpp_target_skips_a_pair_without_an_embedded_gguf(tiny):
+    from specviz.bench.llamacpp import check_llamacpp
+
+    log: list[str] = []
+    assert check_llamacpp(tiny, GenConfig(max_new_tokens=4), "code", 1, log.append) == []
     assert "skipped" in log[0]

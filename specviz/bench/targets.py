@@ -6,6 +6,7 @@ float32 path, start-up and memory) and says whether it holds. Never a timed test
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from specviz.core.events import RunSummary
 from specviz.core.presets import suite_prompts
 from specviz.proposers import build_proposer
 
-TARGETS = ("baseline", "overhead", "attention", "assisted", "speedups", "quant", "startup", "gpu")
+TARGETS = ("baseline", "overhead", "attention", "assisted", "speedups", "quant", "llamacpp", "startup", "gpu")
 Log = Callable[[str], None]
 
 
@@ -49,13 +50,15 @@ class TargetRow:
 
 
 def chosen(arg: str) -> list[str]:
-    """The targets a --targets value names; 'all' is every target this machine can measure (gpu needs CUDA)."""
+    """The targets a --targets value names; 'all' is every target this machine can measure (gpu needs CUDA,
+    llamacpp the optional llama_cpp package)."""
     if arg == "all":
-        return [t for t in TARGETS if t != "gpu" or torch.cuda.is_available()]
+        can = {"gpu": torch.cuda.is_available(), "llamacpp": importlib.util.find_spec("llama_cpp") is not None}
+        return [t for t in TARGETS if can.get(t, True)]
     return [t.strip() for t in arg.split(",") if t.strip()]
 
 
-def _prompts(suite: str, limit: int) -> list[tuple[str, str, str]]:
+def prompts_of(suite: str, limit: int) -> list[tuple[str, str, str]]:
     ps = suite_prompts(suite)
     return ps[:limit] if limit else ps
 
@@ -130,7 +133,7 @@ def check_baseline(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log:
     """Our plain decoding against HF generate, same prompts and token counts, alternating which goes first."""
     ours_s = hf_s = 0.0
     same, tokens = True, 0
-    for i, (_, name, prompt) in enumerate(_prompts(suite, limit)):
+    for i, (_, name, prompt) in enumerate(prompts_of(suite, limit)):
         ids = pair.codec.encode(prompt)
         log(f"baseline: {name}")
         for first_ours in (True, False) if i % 2 == 0 else (False, True):
@@ -157,7 +160,7 @@ def check_overhead(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, stra
     """The same run with full per-step events against events off (no p, q, TV, token text)."""
     on = off = 0.0
     same = True
-    for i, (_, name, prompt) in enumerate(_prompts(suite, limit)):
+    for i, (_, name, prompt) in enumerate(prompts_of(suite, limit)):
         ids = pair.codec.encode(prompt)
         log(f"overhead: {name}")
         runs = {}
@@ -186,7 +189,7 @@ def check_attention(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log
     for strategy in ("plain", "draft"):
         exact = dense = 0.0
         same = True
-        for i, (_, name, prompt) in enumerate(_prompts(suite, limit)):
+        for i, (_, name, prompt) in enumerate(prompts_of(suite, limit)):
             ids = pair.codec.encode(prompt)
             log(f"attention: {strategy} on {name}")
             out = {}
@@ -234,7 +237,7 @@ def check_assisted(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log:
     wall = dict.fromkeys(kinds, 0.0)
     count = dict.fromkeys(kinds, 0)
     same = dict.fromkeys(kinds, True)
-    for i, (_, name, prompt) in enumerate(_prompts(suite, limit)):
+    for i, (_, name, prompt) in enumerate(prompts_of(suite, limit)):
         ids = pair.codec.encode(prompt)
         log(f"assisted: {name}")
         res: dict[str, tuple[list[int], float]] = {}
@@ -292,7 +295,7 @@ def check_speedups(pair: ModelPair, cfg: GenConfig, limit: int, ngram_gamma: int
     for suite, strategy, bound, gamma, tokens in runs:
         log(f"speedups: {strategy} on {suite}, {tokens} tokens")
         c = cfg.with_(gamma=gamma, max_new_tokens=tokens)
-        per_prompt = bench_rows(pair, _prompts(suite, limit), [strategy], c)
+        per_prompt = bench_rows(pair, prompts_of(suite, limit), [strategy], c)
         agg = next(r for r in aggregate(per_prompt, "suite") if r["strategy"] == strategy)
         whole = " (whole answers)" if tokens == WHOLE_ANSWERS else ""
         rows.append(
@@ -320,7 +323,7 @@ def check_quant(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Lo
         return []
     log("quant: building the float32 path's target from the same GGUF")
     f32 = dataclasses.replace(pair, target=float32_twin(pair))
-    prompts = _prompts(suite, limit)
+    prompts = prompts_of(suite, limit)
     run_strategy(f32, "plain", pair.codec.encode(prompts[0][2]), GenConfig(max_new_tokens=4))  # its warm-up
     wall = {"quant": 0.0, "f32": 0.0}
     prefill = {"quant": 0.0, "f32": 0.0}  # seconds of the prompts' passes (part of wall)

@@ -15,6 +15,7 @@ import torch
 
 from specviz.bench import targets as tg
 from specviz.bench.gpu import check_gpu, format_gpu_details, gpu_report
+from specviz.bench.llamacpp import check_llamacpp
 from specviz.bench.startup import check_startup
 from specviz.bench.suite import aggregate, bench_rows
 from specviz.bench.tables import format_table
@@ -60,6 +61,8 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
             rows += tg.check_speedups(pair, cfg, args.limit, args.ngram_gamma, log)
         elif name == "quant":
             rows += tg.check_quant(pair, cfg, suite, args.limit, log)
+        elif name == "llamacpp":
+            rows += check_llamacpp(pair, cfg, suite, args.limit, log)
     gpu_only = report is not None and set(names) == {"gpu"}  # its own preset, on its GPU
     meta = {
         "preset": report["preset"] if gpu_only else preset,

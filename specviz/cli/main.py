@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print the full event trace as JSON instead")
     gen_args(g)
     b = sub.add_parser("bench", help="run strategies and plain decoding on prompt suites; print a table")
-    b.add_argument("--suite", default="code", help="prompt suites from presets/prompts.yaml, comma-separated, or 'all'")
+    b.add_argument(
+        "--suite",
+        default="code",
+        help="prompt suites from presets/prompts.yaml, comma-separated, or 'all' (the short ones); 'long': the "
+        "long-context suite (presets/long_prompts.yaml)",
+    )
     b.add_argument("--prompt", default=None, help="a single prompt instead of a suite")
     b.add_argument("--strategies", default="draft", help="comma-separated strategies, or 'all'")
     b.add_argument("--limit", type=int, default=0, help="at most this many prompts per suite (0 = all)")

@@ -131,6 +131,8 @@ class RunSummary:
     text: str = ""
     plain_tokens_per_s: float | None = None
     speedup: float | None = None
+    # V(k)/V(1), measured: this run's ms per verification pass over the plain run's ms per (one-token) pass
+    pass_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

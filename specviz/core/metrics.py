@@ -76,10 +76,12 @@ def cost_ratio(steps: Sequence[StepEvent]) -> float | None:
 
 
 def with_plain(spec: RunSummary, plain: RunSummary) -> RunSummary:
-    """Attach the measured plain baseline: speedup = spec tokens/s over plain tokens/s
-    (= plain time / speculative time for the same number of tokens)."""
+    """Attach the measured plain baseline: speedup = spec tokens/s over plain tokens/s (= plain time / speculative
+    time for the same number of tokens), and pass_ratio, what this run's verification pass cost against plain's."""
     spec.plain_tokens_per_s = plain.tokens_per_s
     spec.speedup = spec.tokens_per_s / plain.tokens_per_s if plain.tokens_per_s > 0 else None
+    if spec.drafted and spec.steps and plain.steps and plain.verify_ms > 0:  # V(k)/V(1) for the cost-aware prediction
+        spec.pass_ratio = (spec.verify_ms / spec.steps) / (plain.verify_ms / plain.steps)
     return spec
 
 

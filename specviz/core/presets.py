@@ -52,13 +52,37 @@ def prompt_suites(path: Path | None = None) -> dict[str, list[dict[str, str]]]:
     return suites
 
 
+def long_suites(path: Path | None = None) -> dict[str, list[dict[str, str]]]:
+    """The long-context suites, from presets/long_prompts.yaml: each a list of {name, prompt, context}, where context
+    names a file under presets/texts/ that takes the prompt's {context}. Asked for by name only (not in 'all')."""
+    path = path or PRESETS_DIR / "long_prompts.yaml"
+    data = _load_yaml(path)
+    suites = data.get("suites") if isinstance(data, dict) else None
+    if not isinstance(suites, dict):
+        raise ConfigError(f"presets/{path.name} must have a 'suites' mapping")
+    return suites
+
+
+def _with_context(item: dict[str, str], texts: Path) -> str:
+    """A long prompt's text: its {context} replaced by the file it names."""
+    try:
+        context = (texts / item["context"]).read_text(encoding="utf-8")
+    except (KeyError, OSError) as e:
+        raise ConfigError(f"long prompt {item.get('name')!r}: its context file is missing ({e})") from e
+    return item["prompt"].replace("{context}", context)
+
+
 def suite_prompts(names: str) -> list[tuple[str, str, str]]:
-    """(suite, name, prompt) for a comma-separated list of suites, or 'all'."""
-    suites = prompt_suites()
+    """(suite, name, prompt) for a comma-separated list of suites, or 'all' (the short suites; a long-context suite
+    only by its name)."""
+    suites, long = prompt_suites(), long_suites()
     wanted = list(suites) if names in ("all", "", None) else [s.strip() for s in names.split(",")]
     out = []
     for s in wanted:
-        if s not in suites:
-            raise ConfigError(f"unknown prompt suite {s!r}; known suites: {', '.join(suites)}, all")
-        out += [(s, p["name"], p["prompt"]) for p in suites[s]]
+        if s in suites:
+            out += [(s, p["name"], p["prompt"]) for p in suites[s]]
+        elif s in long:
+            out += [(s, p["name"], _with_context(p, PRESETS_DIR / "texts")) for p in long[s]]
+        else:
+            raise ConfigError(f"unknown prompt suite {s!r}; known suites: {', '.join([*suites, *long])}, all")
     return out

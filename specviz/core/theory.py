@@ -25,6 +25,23 @@ def expected_speedup(alpha: float, gamma: int, c: float) -> float:
     return expected_tokens_per_step(alpha, gamma) / (gamma * c + 1)
 
 
+def cost_aware_speedup(alpha: float, gamma: int, c: float, pass_ratio: float) -> float:
+    """expected_speedup with the measured cost of a (gamma+1)-token pass, c being a draft token's cost against that
+    pass: E[tokens] V(1) / ((gamma c + 1) V(gamma+1)). Leviathan's form assumes pass_ratio = V(k)/V(1) = 1."""
+    return expected_speedup(alpha, gamma, c) / pass_ratio
+
+
+def predicted_speedup(s: RunSummary) -> float | None:
+    """A run's predicted speedup: cost-aware where its pass ratio was measured (against a plain run), else Leviathan's
+    classic form; None without a measured c."""
+    alpha, c = per_token_alpha(s), s.cost_ratio
+    if c is None:
+        return None
+    if s.pass_ratio:
+        return cost_aware_speedup(alpha, s.gamma, c, s.pass_ratio)
+    return expected_speedup(alpha, s.gamma, c)
+
+
 def best_gamma(alpha: float, c: float, max_gamma: int = 16) -> int:
     """The draft length that maximises expected_speedup for this alpha and c."""
     return max(range(1, max_gamma + 1), key=lambda g: expected_speedup(alpha, g, c))
@@ -36,7 +53,8 @@ def speedup_at_best(alpha: float, c: float, max_gamma: int = 15) -> float:
 
 
 def theory_numbers(s: RunSummary) -> dict[str, float | None]:
-    """Measured next to predicted: tokens per step, speedup (Leviathan et al. 2023) and rejections (Yin et al. 2024)."""
+    """Measured next to predicted: tokens per step, speedup (Leviathan et al. 2023, with the measured pass cost where
+    known) and rejections (Yin et al. 2024)."""
     alpha, c = per_token_alpha(s), s.cost_ratio
     return {
         "alpha": alpha,
@@ -45,7 +63,8 @@ def theory_numbers(s: RunSummary) -> dict[str, float | None]:
         "tokens_per_step": s.tokens_per_step,
         "expected_tokens_per_step": expected_tokens_per_step(alpha, s.gamma) if s.drafted else None,
         "speedup": s.speedup,
-        "expected_speedup": expected_speedup(alpha, s.gamma, c) if c is not None else None,
+        "expected_speedup": predicted_speedup(s),
+        "pass_ratio": s.pass_ratio,
         "rejections": float(s.rejections),
         "expected_rejections": s.tv_sum,
     }
@@ -55,21 +74,32 @@ def why(s: RunSummary) -> str:
     """One plain sentence on why the run was or was not faster."""
     if not s.drafted:
         return "No drafts were made, so this run is plain decoding."
-    return why_sentence(per_token_alpha(s), s.cost_ratio, s.gamma, s.speedup)
+    return why_sentence(per_token_alpha(s), s.cost_ratio, s.gamma, s.speedup, s.pass_ratio)
 
 
-def why_sentence(alpha: float, c: float | None, gamma: int, speedup: float | None) -> str:
+def why_sentence(
+    alpha: float, c: float | None, gamma: int, speedup: float | None, pass_ratio: float | None = None
+) -> str:
     """One plain sentence on why a run was or was not faster; c None: drafting was not timed apart (say, a vLLM
-    server's run), so no speedup is predicted."""
+    server's run), so no speedup is predicted; pass_ratio: V(k)/V(1) measured, counted in the prediction."""
     if c is None:
         measured = f"; measured {speedup:.2f}x against plain" if speedup is not None else ""
         return (
             f"{alpha:.0%} of guesses were accepted; what a draft step costs was not measured for this run, so theory "
             f"predicts no speedup{measured}."
         )
-    pred = expected_speedup(alpha, gamma, c)
-    head = f"Drafting costs {c:.2f} of a target step and {alpha:.0%} of guesses were accepted, so with gamma={gamma} "
-    head += f"theory predicts {pred:.2f}x"
+    if pass_ratio:
+        pred = cost_aware_speedup(alpha, gamma, c, pass_ratio)
+        head = (
+            f"Drafting costs {c:.2f} of a target pass, a pass over the guesses costs {pass_ratio:.2f}x a one-token "
+            f"pass and {alpha:.0%} of guesses were accepted, so with gamma={gamma} theory predicts {pred:.2f}x"
+        )
+    else:
+        pred = expected_speedup(alpha, gamma, c)
+        head = (
+            f"Drafting costs {c:.2f} of a target step and {alpha:.0%} of guesses were accepted, so with gamma={gamma} "
+        )
+        head += f"theory predicts {pred:.2f}x"
     if speedup is None:
         return head + "."
     verdict = "faster" if speedup > 1.02 else ("no faster" if speedup > 0.98 else "slower")

@@ -215,7 +215,8 @@ def render_theory(s: RunSummary | None) -> str:
         ),
         (
             "speedup",
-            "(1 - &alpha;<sup>&gamma;+1</sup>) / ((1 - &alpha;)(&gamma;c + 1))",
+            "(1 - &alpha;<sup>&gamma;+1</sup>) / ((1 - &alpha;)(&gamma;c + 1)"
+            + (" V(k)/V(1))" if t["pass_ratio"] else ")"),
             _fmt(t["expected_speedup"], ".2f", "x"),
             _fmt(t["speedup"], ".2f", "x"),
         ),
@@ -233,6 +234,8 @@ def render_theory(s: RunSummary | None) -> str:
         f"&alpha; = accepted / checked drafts = {s.accepted}/{s.accepted + s.rejections} = {a:.3f}; "
         f"c = draft ms per token / target ms per pass = {_fmt(c, '.3f')}; &gamma; = {g}"
     )
+    if t["pass_ratio"]:
+        inputs += f"; V(k)/V(1) = this run's ms per target pass / plain's = {t['pass_ratio']:.2f}"
     return (
         f'<div class="sv-theory"><p class="sv-why" data-testid="why">{html.escape(why(s))}</p>'
         f"<p class='sv-inputs'>{inputs}</p>"

@@ -13,7 +13,7 @@
 namespace {
 
 struct Vec {
-  static constexpr int W = 8, MAX_FUSED = 6, TILE = 8;
+  static constexpr int W = 8, MAX_FUSED = 6, TILE = 6, TILE_UNITS = 2;  // tiles: 12 accumulators of 16 registers
   using F = __m256;
   using I = __m256i;
   static SV_ALWAYS F zero() { return _mm256_setzero_ps(); }

@@ -13,7 +13,7 @@
 namespace {
 
 struct Vec {
-  static constexpr int W = 16, MAX_FUSED = 8, TILE = 16;
+  static constexpr int W = 16, MAX_FUSED = 8, TILE = 6, TILE_UNITS = 4;  // tiles: 24 accumulators of 32 registers
   using F = __m512;
   using I = __m512i;
   static SV_ALWAYS F zero() { return _mm512_setzero_ps(); }

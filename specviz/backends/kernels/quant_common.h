@@ -38,6 +38,15 @@ inline int64_t group_bytes(int type) {
     default: return 0;
   }
 }
+// a long pass's tiles run over panels of this many inputs (rounded down to the type's group), dequantised in scratch
+constexpr int64_t PANEL_K = 512;
+// floats of a thread's scratch for a pass of up to `rows` rows of K inputs: the portable path's whole block
+// (K x 16), or a vector path's panel of up to 64 floats per input and its accumulators (64 per row)
+inline int64_t scratch_floats(int64_t K, int64_t rows) {
+  const int64_t tiles = 64 * PANEL_K + 64 * rows;
+  return K * LANES > tiles ? K * LANES : tiles;
+}
+
 // bytes of one repacked block of 16 rows; 0 for a type or width this kernel does not take
 inline int64_t row_bytes(int type, int64_t K) {
   const int64_t g = group_k(type), b = group_bytes(type);
@@ -53,7 +62,7 @@ struct Job {
   const float* bias;  // N values or null
   float* y;
   int64_t N, K;
-  float* scratch;  // per thread, K * 16 floats (the block dequantised, for passes of many rows)
+  float* scratch;  // per thread, scratch_floats(K, M) (dequantised weights, for passes of many rows)
 };
 
 // f16 -> f32, exactly (F16C's conversion; NaN payloads aside, which no sane scale has)

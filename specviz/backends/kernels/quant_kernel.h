@@ -7,8 +7,8 @@
 //
 // A weight vector (W lanes of one k) is formed in registers exactly as quant_common.h's dequant_block forms it, then
 // each of up to MAX_FUSED rows accumulates it with one FMA, k in order: the float32 kernel's operations, bit for bit.
-// Longer passes dequantise the block once into scratch and run float tiles of TILE rows over it: the same operations
-// again, so a row's result does not depend on how many rows share the pass.
+// Longer passes dequantise panels of the weights once into scratch and run float tiles of TILE rows x TILE_UNITS
+// vectors over them: the same operations again, so a row's result does not depend on how many rows share the pass.
 
 #define SV_INLINE __attribute__((always_inline)) inline
 #define SV_LAMBDA __attribute__((always_inline))
@@ -171,33 +171,56 @@ void to_scratch(const uint8_t* blk, int64_t K, int l0, float* scratch) {
   decode<V, T, 1>(&blk, &l0, K, [&](int64_t k, int, typename V::F w) SV_LAMBDA { V::store(scratch + k * V::W, w); });
 }
 
-// M rows x W lanes over weights dequantised in scratch
-template <class V, int M>
-void tile(const float* x, int64_t ldx, const float* scratch, int64_t K, int l0, float* out) {
-  typename V::F acc[M];
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) acc[m] = V::zero();
-  for (int64_t k = 0; k < K; ++k) {
-    const typename V::F w = V::load(scratch + k * V::W);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) acc[m] = V::fma(V::bcast(x + m * ldx + k), w, acc[m]);
+// R rows x G units over one panel of kp inputs dequantised in scratch (unit g at w + g * kp * W, k * W + lane; x at
+// the panel's first input, rows ldx apart), accumulating into acc (row m, unit g at (m * G + g) * W; zero first when
+// `first`): per k, G weight loads and R broadcasts feed G * R FMAs. A float stored between panels and loaded again
+// is the same float, so each output still takes one FMA per k, in order from 0.
+template <class V, int R, int G>
+void tile(const float* x, int64_t ldx, const float* w, int64_t kp, float* acc, bool first) {
+  typename V::F a[G][R];
+#pragma GCC unroll 8
+  for (int m = 0; m < R; ++m)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) a[g][m] = first ? V::zero() : V::load(acc + (m * G + g) * V::W);
+  for (int64_t k = 0; k < kp; ++k) {
+    typename V::F wv[G];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) wv[g] = V::load(w + g * kp * V::W + k * V::W);
+#pragma GCC unroll 8
+    for (int m = 0; m < R; ++m) {
+      const typename V::F xb = V::bcast(x + m * ldx + k);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) a[g][m] = V::fma(xb, wv[g], a[g][m]);
+    }
   }
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) V::store(out + m * sv::LANES + l0, acc[m]);
+#pragma GCC unroll 8
+  for (int m = 0; m < R; ++m)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) V::store(acc + (m * G + g) * V::W, a[g][m]);
 }
 
 using FusedFn = void (*)(const float*, int64_t, const uint8_t* const*, const int*, int64_t, float* const*);
-using TileFn = void (*)(const float*, int64_t, const float*, int64_t, int, float*);
+using TileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, bool);
 
 template <class V, int T, int U, int... Ms>
 constexpr FusedFn fused_table(int m, std::integer_sequence<int, Ms...>) {
   FusedFn fns[] = {nullptr, fused<V, T, Ms + 1, U>...};
   return fns[m];
 }
-template <class V, int... Ms>
+template <class V, int G, int... Ms>
 constexpr TileFn tile_table(int m, std::integer_sequence<int, Ms...>) {
-  TileFn fns[] = {nullptr, tile<V, Ms + 1>...};
+  TileFn fns[] = {nullptr, tile<V, Ms + 1, G>...};
   return fns[m];
+}
+
+// acc (M rows, `stride` floats apart: W lanes of block b from lane l0) + bias into y
+inline void write_unit(const sv::Job& j, int64_t b, int l0, int W, const float* acc, int64_t stride) {
+  const int64_t n0 = b * sv::LANES + l0, width = j.N - n0 < W ? j.N - n0 : W;
+  for (int64_t r = 0; r < j.M; ++r) {
+    float* y = j.y + r * j.N + n0;
+    const float* o = acc + r * stride;
+    for (int64_t c = 0; c < width; ++c) y[c] = j.bias ? o[c] + j.bias[n0 + c] : o[c];
+  }
 }
 
 // out (rows m0.., 16 lanes) + bias into y for block b
@@ -240,16 +263,31 @@ void blocks_of(const sv::Job& j, int64_t lo, int64_t hi) {
     }
     return;
   }
-  alignas(64) float out[TILE * sv::LANES];
-  for (int64_t b = lo; b < hi; ++b) {  // many rows: each block dequantised once into scratch, then tiles of rows
-    const uint8_t* blk = j.w + b * rb;
-    for (int l0 = 0; l0 < sv::LANES; l0 += V::W) to_scratch<V, T>(blk, K, l0, j.scratch + l0 * K);
-    for (int64_t m0 = 0; m0 < M; m0 += TILE) {
-      const int64_t m = M - m0 < TILE ? M - m0 : TILE;
-      for (int l0 = 0; l0 < sv::LANES; l0 += V::W)
-        tile_table<V>(int(m), std::make_integer_sequence<int, TILE>())(j.x + m0 * K, K, j.scratch + l0 * K, K, l0, out);
-      write_out(j, b, m0, m, out);
+  // many rows: G units at a time (G blocks on AVX-512, G halves on AVX2), in panels of PANEL_K inputs: each panel of
+  // the units dequantised once into scratch (kept in cache), then tiles of TILE rows x G units over it
+  constexpr int G = V::TILE_UNITS;
+  const int64_t gk = sv::group_k(T), kp_max = sv::PANEL_K / gk * gk;
+  float* panel = j.scratch;                      // G units x kp_max inputs x W lanes
+  float* acc = j.scratch + G * kp_max * V::W;    // M rows x G units x W lanes
+  const int64_t units = (hi - lo) * HALVES;
+  for (int64_t u0 = 0; u0 < units;) {
+    const int n = units - u0 >= G ? G : 1;  // a last few units, one at a time
+    for (int64_t k0 = 0; k0 < K; k0 += kp_max) {
+      const int64_t kp = K - k0 < kp_max ? K - k0 : kp_max;
+      for (int u = 0; u < n; ++u) {
+        const uint8_t* blk = j.w + (lo + (u0 + u) / HALVES) * rb + k0 / gk * sv::group_bytes(T);
+        to_scratch<V, T>(blk, kp, int((u0 + u) % HALVES) * V::W, panel + u * kp * V::W);
+      }
+      for (int64_t m0 = 0; m0 < M; m0 += TILE) {
+        const int m = int(M - m0 < TILE ? M - m0 : TILE);
+        const TileFn fn = n == G ? tile_table<V, G>(m, std::make_integer_sequence<int, TILE>())
+                                 : tile_table<V, 1>(m, std::make_integer_sequence<int, TILE>());
+        fn(j.x + m0 * K + k0, K, panel, kp, acc + m0 * n * V::W, k0 == 0);
+      }
     }
+    for (int u = 0; u < n; ++u)
+      write_unit(j, lo + (u0 + u) / HALVES, int((u0 + u) % HALVES) * V::W, V::W, acc + u * V::W, n * V::W);
+    u0 += n;
   }
 }
 

@@ -215,7 +215,7 @@ int sv_linear(int isa, int type, const float* x, int64_t M, const uint8_t* w, co
     sv::Job job{type, x + m0 * K, std::min(CHUNK_ROWS, M - m0), w, bias, y + m0 * N, N, K, nullptr};
     at::parallel_for(0, B, 4, [&](int64_t lo, int64_t hi) {
       sv::Job mine = job;
-      mine.scratch = scratch(K * sv::LANES);
+      mine.scratch = scratch(sv::scratch_floats(K, CHUNK_ROWS));
       fn(&mine, lo, hi);
     });
   }
