@@ -47,8 +47,17 @@ def _llama(path: Path, threads: int, n_ctx: int, lookup: bool) -> Any:
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     draft = LlamaPromptLookupDecoding(num_pred_tokens=LOOKUP_TOKENS) if lookup else None
+    # n_batch = n_ctx: a prompt is one logical batch (llama.cpp still computes it in ubatches of 512); with a smaller
+    # n_batch, llama-cpp-python 0.3.36's prompt lookup fails on prompts longer than it (a logits buffer too short)
     return Llama(
-        str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, draft_model=draft, verbose=False, seed=0
+        str(path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        draft_model=draft,
+        verbose=False,
+        seed=0,
     )
 
 
