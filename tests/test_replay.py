@@ -214,6 +214,18 @@ def test_hostile_traces_get_one_clear_message(tab, tmp_path):
     assert len(ups) == 1 and set(ups[0]) == {tab.replay.rstatus}
     assert "sv-error" in ups[0][tab.replay.rstatus] and "not JSON" in html.unescape(ups[0][tab.replay.rstatus])
     assert "Traceback" not in ups[0][tab.replay.rstatus]
+    # a visitor whose upload the server ran before the page's load event: the opening replay leaves their message be
+    early = type("Request", (), {"session_hash": "uploads-before-the-load-event"})()
+    ups = asyncio.run(collect(tab.replay.on_upload(str(junk), "1x", early)))
+    assert "not JSON" in html.unescape(ups[-1][tab.replay.rstatus])
+    assert asyncio.run(collect(tab.replay.on_open(early))) == [{tab.replay.rstatus: gr.skip()}]
+    # ... while a fresh visitor's page opens on the playing replay
+    fresh = type("Request", (), {"session_hash": "a-fresh-page"})()
+    opening = tab.replay.on_open(fresh)
+    first = asyncio.run(anext(opening))
+    assert "replay of" in first[tab.replay.rstatus] and tab.visitors.of(fresh).replay.playing
+    asyncio.run(opening.aclose())
+    tab.visitors.of(fresh).replay.halt()
     # the compressed download reads as the plain one does
     packed = tmp_path / "packed.json.gz"
     packed.write_bytes(gzip.compress(Path(trace).read_bytes()))

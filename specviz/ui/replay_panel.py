@@ -193,8 +193,9 @@ class ReplayPanel:
     # -- handlers
 
     async def on_open(self, request: gr.Request) -> AsyncIterator[Update]:
-        """The page's first sight: the opening gallery replay plays at 1x."""
-        async for up in self._guard(self._play_entry(self.default_key, "1x", request, quiet=True, start=1), request):
+        """The page's first sight: the opening gallery replay plays at 1x, unless the visitor got there first (an
+        upload, a pick or a Run before a busy server ran the load event): what they asked for stays."""
+        async for up in self._guard(self._play_entry(self.default_key, "1x", request, opening=True), request):
             yield up
 
     async def on_pick(self, key: str | None, speed: str, request: gr.Request) -> AsyncIterator[Update]:
@@ -280,16 +281,25 @@ class ReplayPanel:
             yield {self.rstatus: render.render_error(friendly(e))}
 
     async def _play_entry(
-        self, key: str | None, speed: str, request: gr.Request, quiet: bool = False, start: int = 1
+        self, key: str | None, speed: str, request: gr.Request, opening: bool = False
     ) -> AsyncIterator[Update]:
+        """Play gallery entry `key`. `opening`: the page's first sight, quietly nothing without a gallery, and
+        nothing once the visitor's player has moved (every play, pause, upload or error moves its epoch)."""
+        player = self.visitors.of(request).replay
         if not key:
-            if quiet:  # a page without a gallery opens as before
+            if opening:  # a page without a gallery opens as before
                 return
             if self.entries:
                 raise ConfigError("pick a recorded run to replay it")
             raise ConfigError("the gallery is empty: record it with python -m specviz record")
+        if opening and (player.epoch or player.live):
+            yield {self.rstatus: gr.skip()}
+            return
         rec = await asyncio.to_thread(load_entry, key)  # the first read of an entry parses its file
-        async for up in self._play(self.visitors.of(request).replay, rec, speed, loaded=True, key=key, start=start):
+        if opening and (player.epoch or player.live):  # the visitor acted while the entry was read
+            yield {self.rstatus: gr.skip()}
+            return
+        async for up in self._play(player, rec, speed, loaded=True, key=key):
             yield up
 
     async def _play(
