@@ -60,6 +60,7 @@ class Canvas(Protocol):
     stream: Block
     delta: Block
     live_outputs: list[Block]
+    live_charts: list[Block]
 
     def draw(self, state: RunState, step_mode: bool = False) -> Update: ...
 
@@ -160,9 +161,16 @@ class ReplayPanel:
         """Connect the controls; `outputs` holds the Run tab's components and the panel's own. `page`: the Blocks
         whose load event starts the opening replay."""
         self.canvas = canvas
-        # a playing event lists only what its frames draw: Gradio rebuilds every output an update leaves out (a
-        # component per output per frame, for each visitor), so the full page at the end comes from a .then
-        frames = self.frame_outputs = [*canvas.live_outputs, *self.own]
+        # a playing event lists only what each of its frames draws: Gradio rebuilds every output an update leaves
+        # out or skips (a component and its config, about 1 ms each, per output per frame, for each visitor: most of
+        # a frame's cost), so the full page at the end comes from a .then, the picker follows an offer by an event
+        # of its own, and the run's status line (a live run's) is not among them
+        frames = self.frame_outputs = [
+            *(c for c in canvas.live_outputs if c is not canvas.status),
+            self.scrub,
+            self.rstatus,
+        ]
+        self.offer.click(self.offer_picked, None, self.picker, queue=False, api_name=False, show_progress="hidden")
         for event, fn, inputs, api in (
             (self.picker.input, self.on_pick, [self.picker, self.speed], "replay"),
             (self.upload.upload, self.on_upload, [self.upload, self.speed], "replay_file"),
@@ -205,6 +213,11 @@ class ReplayPanel:
     async def on_offer(self, speed: str, request: gr.Request) -> AsyncIterator[Update]:
         async for up in self._guard(self._play_entry(self.visitors.of(request).replay.offer, speed, request), request):
             yield up
+
+    def offer_picked(self, request: gr.Request) -> Update:
+        """The picker on the offered gallery entry (its replay plays by the offer's other event)."""
+        key = self.visitors.of(request).replay.offer
+        return gr.update(value=key) if key else gr.skip()
 
     async def on_upload(self, path: str | None, speed: str, request: gr.Request) -> AsyncIterator[Update]:
         async def gen() -> AsyncIterator[Update]:
@@ -299,7 +312,7 @@ class ReplayPanel:
         if opening and (player.epoch or player.live):  # the visitor acted while the entry was read
             yield {self.rstatus: gr.skip()}
             return
-        async for up in self._play(player, rec, speed, loaded=True, key=key):
+        async for up in self._play(player, rec, speed, loaded=True):
             yield up
 
     async def _play(
@@ -308,14 +321,15 @@ class ReplayPanel:
         rec: Recording,
         speed: str,
         loaded: bool = False,
-        key: str | None = None,
         start: int = 1,
     ) -> AsyncIterator[Update]:
         """Play `rec` from the player's position (from `start` when `loaded` is a new one: step 1 shows at once, so a
         replay starts the moment it is asked for, not after its first recorded step's wait) at `speed`: updates at most
         every STREAM_INTERVAL, the stream's new steps through a fresh LiveStream as a live run sends them (its first
         delta starts the browser's stream over, so the stream component itself is never sent), the two live charts
-        every CHART_INTERVAL, the full page at the end. Stops, without drawing again, once another play, pause, step,
+        redrawn every CHART_INTERVAL and sent unchanged between (Gradio sends a playing event's frames as diffs, so
+        an unchanged chart costs nothing to send or draw, while a left-out one costs a rebuild), the full page at the
+        end. Stops, without drawing again, once another play, pause, step,
         scrub, Run or Step moves the player's epoch on."""
         assert self.canvas is not None
         canvas = self.canvas
@@ -327,7 +341,8 @@ class ReplayPanel:
         player.speed = SPEEDS.get(speed, 1.0)
         epoch = player.begin(time.monotonic())
         live = LiveStream(rec.request.cfg.rule, prefix=REPLAY_RUN)
-        first = self._loaded(rec, key) if loaded else {}
+        first = self._loaded(rec) if loaded else {}
+        charts: Update = {}  # the live charts as last drawn
         last_charts, shown = -math.inf, -1
         while player.epoch == epoch:
             now = time.monotonic()
@@ -337,22 +352,23 @@ class ReplayPanel:
                 state = rec.state(due)
                 if due >= rec.events:
                     player.playing = False
-                    yield first | self._frame(canvas, player, state, live, charts=False)
+                    yield first | charts | self._frame(canvas, player, state, live, redraw=False)
                     yield {k: v for k, v in self._over(canvas.draw(state), player).items() if k in self.frame_outputs}
                     return
-                charts = now - last_charts >= CHART_INTERVAL
-                yield first | self._frame(canvas, player, state, live, charts)
+                redraw = now - last_charts >= CHART_INTERVAL
+                up = self._frame(canvas, player, state, live, redraw)
+                if redraw:
+                    charts, last_charts = {c: up[c] for c in canvas.live_charts}, time.monotonic()
+                yield first | charts | up
                 first = {}
-                if charts:
-                    last_charts = time.monotonic()
             await asyncio.sleep(min(STREAM_INTERVAL, max(STREAM_INTERVAL / 4, player.wait(time.monotonic()))))
         # superseded: end on an update that changes nothing. Gradio's end-of-event message repeats the event's last
         # output, and the page applies it when it lands, so a frame from before the pause, scrub or upload would
         # otherwise come back over what that handler drew (say, an upload's error line)
         yield {self.rstatus: gr.skip()}
 
-    def _frame(self, canvas: Canvas, player: Player, state: RunState, live: LiveStream, charts: bool) -> Update:
-        up = canvas.draw_live(state, live, charts)
+    def _frame(self, canvas: Canvas, player: Player, state: RunState, live: LiveStream, redraw: bool) -> Update:
+        up = canvas.draw_live(state, live, redraw)
         up.pop(canvas.status, None)  # the run's status line stays the live run's
         return up | {self.rstatus: self._status(player), self.scrub: self._scrub_value(player)}
 
@@ -379,13 +395,10 @@ class ReplayPanel:
             up |= self.canvas.blank_summary()
         return self._over(up, player)
 
-    def _loaded(self, rec: Recording, key: str | None) -> Update:
-        """A new recording: the scrubber's range, the picker on its gallery entry."""
+    def _loaded(self, rec: Recording) -> Update:
+        """A new recording: the scrubber's range."""
         # gr.update, not gr.Slider(...): building a component per update costs far more, for each of many visitors
-        up: Update = {self.scrub: gr.update(maximum=max(2, rec.n), value=max(1, min(rec.n, 1)))}
-        if key is not None:
-            up[self.picker] = gr.update(value=key)
-        return up
+        return {self.scrub: gr.update(maximum=max(2, rec.n), value=max(1, min(rec.n, 1)))}
 
     def _scrub_value(self, player: Player) -> int:
         rec = player.recording

@@ -188,7 +188,12 @@ class RunTab:
     @property
     def live_outputs(self) -> list[Block]:
         """What draw_live updates (a replay's playing frames draw only these)."""
-        return [self.status, self.kpis, self.theory, self.delta, self.fig_tput, self.fig_accept]
+        return [self.status, self.kpis, self.theory, self.delta, *self.live_charts]
+
+    @property
+    def live_charts(self) -> list[Block]:
+        """The charts draw_live draws when they are due."""
+        return [self.fig_tput, self.fig_accept]
 
     def blank_step(self) -> Update:
         """Step mode's panel and chart as before any step."""
