@@ -23,7 +23,7 @@ import pytest
 from helpers import ARTIFACTS, serve, step, tok
 
 from specviz.cli.main import main as cli_main
-from specviz.cli.record import MAIN_STRATEGIES
+from specviz.cli.record import gallery_strategies
 from specviz.core.config import ConfigError
 from specviz.core.presets import prompt_suites
 from specviz.core.trace import MAX_TRACE_BYTES, read_trace_file
@@ -299,7 +299,7 @@ def test_the_shipped_gallery_is_whole_and_small():
     assert total <= 5 * 2**20, f"the gallery is {total / 2**20:.2f} MB"
     have = {(e.suite, e.strategy, e.rule) for e in entries}
     for suite in prompt_suites():
-        for strategy in MAIN_STRATEGIES:
+        for strategy in gallery_strategies():  # the main strategies and the token trees
             for rule in ("greedy", "sample"):
                 assert (suite, strategy, rule) in have, (suite, strategy, rule)
     for e in entries:
