@@ -103,3 +103,34 @@ def test_every_strategy_is_greedy_identical_to_plain(pair, strategy):
     plain = run(pair.target, None, ids, cfg, **kw).run()
     spec = run(pair.target, build_proposer(strategy, pair, cfg), ids, cfg, **kw).run()
     assert spec.output_ids == plain.output_ids, strategy
+
+
+@pytest.fixture(scope="module")
+def on8(pair):
+    """The pair on the int8 path (SPECVIZ_QUANT=int8), rebuilt from the same GGUFs."""
+    from specviz.backends.loading import int8_twin
+
+    twin = int8_twin(pair)
+    assert "int8 path" in twin.info["linear"], twin.info
+    yield twin
+
+
+@pytest.mark.parametrize("strategy", ["draft", "ngram", "drafttree", "multidraft"])
+def test_on_the_int8_path_speculation_is_greedy_identical_to_plain(on8, strategy):
+    """Not the float32 numbers, but still batch-invariant: each strategy's greedy output is the int8 path's own plain
+    greedy output (chains, a token tree and several cache rows among them)."""
+    ids = on8.codec.encode(PROMPT)
+    cfg = GenConfig(gamma=4, max_new_tokens=24)
+    kw = dict(eos_ids=on8.codec.eos_ids, piece=on8.codec.piece)
+    plain = run(on8.target, None, ids, cfg, **kw).run()
+    spec = run(on8.target, build_proposer(strategy, on8, cfg), ids, cfg, **kw).run()
+    assert spec.output_ids == plain.output_ids, strategy
+
+
+def test_the_int8_paths_logits_stay_close_to_the_exact_ones(pair, on8):
+    ids = pair.codec.encode(PROMPT)
+    exact, ours = _passes(pair.target, ids, ids[-8:]), _passes(on8.target, ids, ids[-8:])
+    for a, b in zip(exact, ours, strict=True):
+        assert not torch.equal(a, b)  # 8-bit inputs: other numbers ...
+        assert float((a - b).norm() / a.norm()) < 0.05  # ... but close
+        assert float((a.argmax(-1) == b.argmax(-1)).float().mean()) >= 0.9

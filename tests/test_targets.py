@@ -61,7 +61,8 @@ def test_a_row_holds_only_within_its_bound_and_with_identical_output():
 def test_all_targets_are_those_this_machine_can_measure(monkeypatch):
     monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(tg.importlib.util, "find_spec", lambda name: None)  # no llama_cpp here
-    assert tg.chosen("all") == ["baseline", "overhead", "attention", "assisted", "speedups", "quant", "startup"]
+    want = ["baseline", "overhead", "attention", "assisted", "speedups", "quant", "int8", "startup"]
+    assert tg.chosen("all") == want
     monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: True)
     assert tg.chosen("all")[-1] == "gpu"
     assert tg.chosen("gpu, baseline") == ["gpu", "baseline"]
@@ -70,6 +71,12 @@ def test_all_targets_are_those_this_machine_can_measure(monkeypatch):
 def test_the_quant_target_skips_a_pair_not_on_the_quantised_kernel(tiny):
     log: list[str] = []
     assert tg.check_quant(tiny, GenConfig(max_new_tokens=4), "code", 1, log.append) == []
+    assert "skipped" in log[0]
+
+
+def test_the_int8_target_skips_a_pair_not_on_the_quantised_kernel(tiny):
+    log: list[str] = []
+    assert tg.check_int8(tiny, GenConfig(max_new_tokens=4), "code", 1, log.append) == []
     assert "skipped" in log[0]
 
 

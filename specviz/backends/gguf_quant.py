@@ -27,11 +27,13 @@ class NotQuantisable(Exception):
 
 @dataclass
 class Blocks:
-    """One GGUF file read for the kernel: each quantised matrix repacked (uint8), the rest float32, by GGUF name."""
+    """One GGUF file read for the kernel: each quantised matrix repacked (uint8), the rest float32, by GGUF name;
+    int8: the names repacked in the int8 path's layout."""
 
     architecture: str
     packed: dict[str, tuple[torch.Tensor, int, tuple[int, ...]]] = field(default_factory=dict)  # (blocks, type, shape)
     plain: dict[str, torch.Tensor] = field(default_factory=dict)
+    int8: set[str] = field(default_factory=set)
     times: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -52,10 +54,14 @@ def check_quantisable(g: GGUFFile) -> None:
             raise NotQuantisable(f"{t.name}: a quantised tensor of {len(t.shape)} dimensions")
 
 
-def read_blocks(path: Path, expect: dict[str, Any] | None = None, threads: int = 0) -> Blocks:
+def read_blocks(
+    path: Path, expect: dict[str, Any] | None = None, threads: int = 0, int8: bool | None = None
+) -> Blocks:
     """Every tensor of a GGUF file, repacked for the kernel (in C++, which releases the GIL, so this may run beside
     the main thread's imports; threads=1: on this thread alone, 0: on all of torch's). expect: the file's checksum
-    record (the cache's manifest); the file is checked against it first, and CorruptCache raised on any difference."""
+    record (the cache's manifest); the file is checked against it first, and CorruptCache raised on any difference.
+    int8 (default: SPECVIZ_QUANT=int8): the matrices the int8 path takes in its layout, the rest as before."""
+    int8 = qk.int8_mode() if int8 is None else int8
     t0 = time.perf_counter()
     if expect is not None and checksum_file(path, expect.get("algo"), expect.get("piece")) != expect:
         raise CorruptCache(f"{path}: its bytes fail their checksum: the cache is rebuilt")
@@ -67,8 +73,11 @@ def read_blocks(path: Path, expect: dict[str, Any] | None = None, threads: int =
         for name, t in g.tensors.items():
             if len(t.shape) == 2:
                 n, k = t.shape
-                packed = qk.repack(g.raw(name), t.ggml_type, n, k, threads)
+                on8 = int8 and qk.takes_int8(t.ggml_type, k)
+                packed = qk.repack(g.raw(name), t.ggml_type, n, k, threads, int8=on8)
                 out.packed[name] = (packed, t.ggml_type, t.shape)
+                if on8:
+                    out.int8.add(name)
             else:
                 out.plain[name] = g.tensor(name)  # a float32 copy
             g.release(name)  # its pages leave this process's resident memory: one tensor's worth at a time
@@ -105,7 +114,7 @@ def build_model(blocks: Blocks, config: Any, model: torch.nn.Module | None = Non
         module = model.get_submodule(path)
         if gguf_name in blocks.packed:
             packed, kind, (n, k) = blocks.packed[gguf_name]
-            layer = qk.QuantLinear(packed, kind, n, k, None)
+            layer = qk.QuantLinear(packed, kind, n, k, None, int8=gguf_name in blocks.int8)
             if isinstance(module, torch.nn.Embedding):
                 layer = qk.QuantEmbedding(layer, module.padding_idx)
             elif not isinstance(module, torch.nn.Linear) or attr != "weight":
@@ -126,12 +135,12 @@ def build_model(blocks: Blocks, config: Any, model: torch.nn.Module | None = Non
     return model.eval()
 
 
-def read_cached_blocks(path: Path, threads: int = 0) -> Blocks:
+def read_cached_blocks(path: Path, threads: int = 0, int8: bool | None = None) -> Blocks:
     """A cache folder's GGUF read for the kernel, checked against the checksum its folder's manifest holds."""
     sums = folder_checksums(path.parent)
     if sums is not None and path.name not in sums:
         raise CorruptCache(f"{path} is not in its folder's manifest: the cache is rebuilt")
-    return read_blocks(path, None if sums is None else sums[path.name], threads)
+    return read_blocks(path, None if sums is None else sums[path.name], threads, int8)
 
 
 def read_in_background(path: Path) -> Blocks:
@@ -182,10 +191,17 @@ def to_float32(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def describe(model: torch.nn.Module) -> str:
-    """'specviz quantised kernel (avx512; Q4_K, Q6_K)': the path and the block types a model runs."""
-    kinds = sorted({qk.TYPES[m.ggml_type] for m in model.modules() if isinstance(m, qk.QuantLinear)})
+    """'specviz quantised kernel (avx512; Q4_K, Q6_K)': the path and the block types a model runs ('int8 path' and
+    its ISA where its layers take it)."""
+    layers = [m for m in model.modules() if isinstance(m, qk.QuantLinear)]
+    kinds = sorted({qk.TYPES[m.ggml_type] for m in layers})
     ops, _ = qk.quant_kernel()
     isa = qk.isa_name(ops.isa) if ops is not None else "?"
+    int8 = sorted({qk.TYPES[m.ggml_type] for m in layers if m.int8})
+    if int8 and ops is not None:
+        rest = [k for k in kinds if k not in int8]
+        exact = f"; exact {isa}: {', '.join(rest)}" if rest else ""
+        return f"specviz quantised kernel, int8 path ({qk.isa_name(ops.isa8)}; {', '.join(int8)}{exact})"
     return f"specviz quantised kernel ({isa}; {', '.join(kinds)})"
 
 

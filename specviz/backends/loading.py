@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
 import os
@@ -32,6 +33,7 @@ from specviz.backends.gguf_quant import (
     describe,
     is_quant,
     quant_model,
+    read_cached_blocks,
     read_in_background,
     to_float32,
 )
@@ -370,6 +372,23 @@ def float32_twin(pair: ModelPair, role: str = "target") -> LM:
     if folder is None or lm is None or not is_quant(lm.model):
         raise ConfigError(f"preset {pair.preset!r}: its {role} does not run on the quantised kernel")
     return LM(to_float32(quant_model(folder)), f"{role}-float32", exact=lm.exact)
+
+
+def int8_twin(pair: ModelPair) -> ModelPair:
+    """The pair with its quantised target and draft rebuilt on the int8 path (what SPECVIZ_QUANT=int8 loads), from
+    their GGUF caches: for side-by-side comparisons with the exact path in one process (about 2 GB more)."""
+    lms = {}
+    for role, lm in (("target", pair.target), ("draft", pair.draft)):
+        folder = embedded_folder(pair.info.get(role, {}))
+        if lm is None or folder is None or not is_quant(lm.model):
+            if role == "target":
+                raise ConfigError(f"preset {pair.preset!r}: its target does not run on the quantised kernel")
+            lms[role] = lm
+            continue
+        model = quant_model(folder, lambda f=folder: read_cached_blocks(f / MODEL_FILE, int8=True))
+        lms[role] = LM(model, f"{role}-int8" if role == "target" else "draft", exact=lm.exact)
+    info = {**pair.info, "linear": describe(lms["target"].model)}
+    return dataclasses.replace(pair, target=lms["target"], draft=lms["draft"], info=info)
 
 
 def _same_tokenizer_files(a: Path, b: Path) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from specviz.backends.gguf_quant import is_quant
-from specviz.backends.loading import ModelPair, float32_twin, load_pair
+from specviz.backends.loading import ModelPair, float32_twin, int8_twin, load_pair
 from specviz.bench.suite import aggregate, bench_rows
 from specviz.core.config import GenConfig
 from specviz.core.engine import run
@@ -23,7 +23,8 @@ from specviz.core.events import RunSummary
 from specviz.core.presets import suite_prompts
 from specviz.proposers import build_proposer
 
-TARGETS = ("baseline", "overhead", "attention", "assisted", "speedups", "quant", "llamacpp", "startup", "gpu")
+TARGETS = ("baseline", "overhead", "attention", "assisted", "speedups", "quant", "int8", "llamacpp", "startup", "gpu")
+INT8_DEFAULT_GAIN = 1.5  # what the int8 path's plain decoding must gain over the exact path to earn the default
 Log = Callable[[str], None]
 
 
@@ -371,6 +372,80 @@ def check_quant(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Lo
             "<=",
             0,
             f"{differing} of {values} values, largest difference {worst:g}",
+        ),
+    ]
+
+
+def check_int8(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log) -> list[TargetRow]:
+    """The int8 path against the exact quantised kernel, in one run: plain decoding and prefill tokens/s (prompts
+    interleaved, alternating which goes first), how far its prefill logits and greedy tokens are from the exact
+    path's, and the draft model's speedup over plain on it (its greedy output identical to its own plain decoding)."""
+    if not is_quant(pair.target.model):
+        log(f"int8: skipped, the target runs {pair.info.get('linear', 'another kernel')}, not the quantised kernel")
+        return []
+    log("int8: building the int8 path's pair from the same GGUFs")
+    on8 = int8_twin(pair)
+    prompts = prompts_of(suite, limit)
+    warm_up(on8, pair.codec.encode(prompts[0][2])[:64])
+    wall, prefill, tokens = {"int8": 0.0, "exact": 0.0}, {"int8": 0.0, "exact": 0.0}, {"int8": 0, "exact": 0}
+    prompt_tokens, same_tokens, compared, agree, positions, rel = 0, 0, 0, 0, 0, 0.0
+    spec_wall, spec_same, spec_tokens, passes = 0.0, True, 0, 0
+    for i, (_, name, prompt) in enumerate(prompts):
+        ids = pair.codec.encode(prompt)
+        log(f"int8: {name}")
+        out = {}
+        for side in ("int8", "exact") if i % 2 == 0 else ("exact", "int8"):
+            s = run_strategy(on8 if side == "int8" else pair, "plain", ids, cfg, instrument=False)
+            wall[side], tokens[side], out[side] = wall[side] + s.wall_s, tokens[side] + s.new_tokens, s.output_ids
+            prefill[side] += s.prefill_ms / 1e3
+        prompt_tokens += len(ids)
+        a, b = out["int8"], out["exact"]
+        same_tokens += next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        compared += len(b)
+        logits = []
+        for lm in (pair.target, on8.target):
+            lm.reset()
+            logits.append(lm.forward(ids))
+        agree += int((logits[0].argmax(-1) == logits[1].argmax(-1)).sum())
+        positions += len(ids)
+        rel = max(rel, float((logits[1] - logits[0]).norm() / logits[0].norm()))
+        spec = run_strategy(on8, "draft", ids, cfg, instrument=False)
+        spec_wall += spec.wall_s
+        spec_same &= spec.output_ids == out["int8"]
+        spec_tokens, passes = spec_tokens + spec.new_tokens, passes + spec.steps
+    del on8
+    tps = {k: tokens[k] / wall[k] if wall[k] else 0.0 for k in wall}
+    dec = {k: (tokens[k] - len(prompts)) / (wall[k] - prefill[k]) if wall[k] > prefill[k] else 0.0 for k in wall}
+    pre = {k: prompt_tokens / prefill[k] if prefill[k] else 0.0 for k in wall}
+    speedup = wall["int8"] / spec_wall if spec_wall else 0.0
+    return [
+        TargetRow(
+            "7 int8 path",
+            f"plain decoding tokens/s, int8 path / exact quantised kernel (default at >= {INT8_DEFAULT_GAIN:g})",
+            dec["int8"] / dec["exact"] if dec["exact"] else 0.0,
+            ">=",
+            INT8_DEFAULT_GAIN,
+            f"decoding {dec['int8']:.2f} vs {dec['exact']:.2f} tokens/s; with the prompts' passes {tps['int8']:.2f} "
+            f"vs {tps['exact']:.2f}; prefill {pre['int8']:.0f} vs {pre['exact']:.0f} prompt tokens/s",
+        ),
+        TargetRow(
+            "7 int8 numbers",
+            "prefill positions whose top token is the exact path's",
+            agree / positions if positions else 0.0,
+            ">=",
+            0.99,
+            f"{agree} of {positions}; logits' relative difference up to {rel:.3%}; greedy tokens the same as the "
+            f"exact path's for the first {same_tokens} of {compared} (summed over prompts)",
+        ),
+        TargetRow(
+            "4 draft speedup (int8 path)",
+            f"int8 plain time / int8 draft time on suite {suite} (gamma {cfg.gamma})",
+            speedup,
+            ">=",
+            1.5,
+            f"{spec_tokens} tokens at {spec_tokens / spec_wall if spec_wall else 0:.2f} tokens/s, "
+            f"{spec_tokens / passes if passes else 0:.2f} tokens per pass; plain {tps['int8']:.2f} tokens/s",
+            spec_same,
         ),
     ]
 

@@ -63,6 +63,8 @@ def cmd_targets(args: argparse.Namespace, out: TextIO) -> int:
             rows += tg.check_speedups(pair, cfg, args.limit, args.ngram_gamma, log)
         elif name == "quant":
             rows += tg.check_quant(pair, cfg, suite, args.limit, log)
+        elif name == "int8":
+            rows += tg.check_int8(pair, cfg, suite, args.limit, log)
         elif name == "llamacpp":
             rows += check_llamacpp(pair, cfg, suite, args.limit, log)
     gpu_only = report is not None and set(names) == {"gpu"}  # its own preset, on its GPU

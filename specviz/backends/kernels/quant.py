@@ -25,15 +25,17 @@ from specviz.backends.kernels import LANES, load_or_build
 
 HERE = Path(__file__).parent
 NAME = "specviz_quant"
-HEADERS = ("quant_common.h", "quant_kernel.h")
+HEADERS = ("quant_common.h", "quant_kernel.h", "quant_int8.h", "quant_int8_kernel.h")
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
 # the per-ISA files are compiled for their ISA by their own pragmas, the rest for the build's default target; no
 # -march=native: which path runs is chosen at run time (sv_best_isa, SPECVIZ_KERNEL_ISA)
-SOURCES = ("quant_linear.cpp", "quant_portable.cpp") + (("quant_avx2.cpp", "quant_avx512.cpp") if _X86 else ())
+SOURCES = ("quant_linear.cpp", "quant_portable.cpp") + (
+    ("quant_avx2.cpp", "quant_avx512.cpp", "quant_int8_avx2.cpp", "quant_int8_avx512.cpp") if _X86 else ()
+)
 # -ffp-contract=off: a * b - c must stay a multiply and a subtract, as in the reference dequantiser; -fopenmp:
 # at::parallel_for is inline and runs serially without it (the OpenMP runtime is torch's own libgomp, by soname)
 CFLAGS = ["-O3", "-std=c++17", "-fPIC", "-fno-fast-math", "-ffp-contract=off", "-fopenmp"]
-ABI = 2  # sv_abi() of the sources here
+ABI = 3  # sv_abi() of the sources here
 ISAS = {"portable": 0, "avx2": 1, "avx512": 2}
 # ggml type ids this kernel takes (gguf_reader.py), and the weights they store per block
 Q5_0, Q8_0, Q4_K, Q6_K = 6, 8, 12, 14
@@ -49,6 +51,12 @@ _SIGNATURES = {
     "sv_repack": (_INT, [_INT, _P, _I64, _I64, _P, _INT]),
     "sv_linear": (_INT, [_INT, _INT, _P, _I64, _P, _P, _P, _I64, _I64]),
     "sv_rows": (_INT, [_INT, _P, _I64, _I64, _P, _I64, _P]),
+    "sv8_isa_ok": (_INT, [_INT]),
+    "sv8_best_isa": (_INT, []),
+    "sv8_packed_bytes": (_I64, [_INT, _I64, _I64]),
+    "sv8_repack": (_INT, [_INT, _P, _I64, _I64, _P, _INT]),
+    "sv8_linear": (_INT, [_INT, _INT, _P, _I64, _P, _P, _P, _I64, _I64]),
+    "sv8_rows": (_INT, [_INT, _P, _I64, _I64, _P, _I64, _P]),
 }
 
 
@@ -173,7 +181,9 @@ def _library() -> tuple[SimpleNamespace | None, str]:
         if not lib.sv_isa_ok(ISAS[forced]):
             return None, f"SPECVIZ_KERNEL_ISA={forced}: this CPU cannot run it"
     isa = ISAS[forced] if forced else lib.sv_best_isa()
-    ops = SimpleNamespace(lib=lib, isa=isa)
+    # the int8 path's own choice (AVX-512 also needs BW and VNNI for it): the forced path where it runs there
+    isa8 = ISAS[forced] if forced and lib.sv8_isa_ok(ISAS[forced]) else lib.sv8_best_isa()
+    ops = SimpleNamespace(lib=lib, isa=isa, isa8=isa8)
     return ops, f"compiled, {isa_name(isa)}{' (forced)' if forced else ''}"
 
 
@@ -191,13 +201,14 @@ def available_isas() -> list[str]:
 def forced_isa(name: str) -> Iterator[None]:
     """Run every pass on path `name` inside the block (tests compare the paths' bits)."""
     ops = _ops()
-    if not ops.lib.sv_isa_ok(ISAS[name]):
+    if not ops.lib.sv_isa_ok(ISAS[name]) or not ops.lib.sv8_isa_ok(ISAS[name]):
         raise RuntimeError(f"this CPU cannot run the {name} path")
-    saved, ops.isa = ops.isa, ISAS[name]
+    saved = ops.isa, ops.isa8
+    ops.isa = ops.isa8 = ISAS[name]
     try:
         yield
     finally:
-        ops.isa = saved
+        ops.isa, ops.isa8 = saved
 
 
 def _ops() -> SimpleNamespace:
@@ -209,6 +220,18 @@ def _ops() -> SimpleNamespace:
     if ops is None:
         raise RuntimeError(f"quantised kernel unavailable: {why}")
     return ops
+
+
+def int8_mode() -> bool:
+    """Whether GGUF models take the int8 path (SPECVIZ_QUANT=int8): Q4_K and Q6_K layers quantise each row's inputs
+    to 8 bits per 32 and take integer dot products (quant_int8.h): faster, batch-invariant, but not the float32
+    path's numbers. The default is the exact path."""
+    return os.environ.get("SPECVIZ_QUANT", "1") == "int8"
+
+
+def takes_int8(ggml_type: int, k: int) -> bool:
+    """Whether the int8 path takes a (., k) weight of this ggml type (Q4_K and Q6_K; Q5_0 and Q8_0 stay exact)."""
+    return ggml_type in (Q4_K, Q6_K) and k % 256 == 0
 
 
 def supported(ggml_type: int, k: int) -> bool:
@@ -234,19 +257,23 @@ def packed_bytes(ggml_type: int, n: int, k: int) -> int:
     return int(_ops().lib.sv_packed_bytes(ggml_type, n, k))
 
 
-def repack(raw: np.ndarray | torch.Tensor, ggml_type: int, n: int, k: int, threads: int = 0) -> torch.Tensor:
+def repack(
+    raw: np.ndarray | torch.Tensor, ggml_type: int, n: int, k: int, threads: int = 0, int8: bool = False
+) -> torch.Tensor:
     """A GGUF tensor's bytes (`raw`: n rows of k weights in ggml_type blocks, contiguous uint8, e.g. a view of the
     mapped file) repacked for the kernel: uint8 (ceil(n/16), bytes per block), filled by all of torch's threads
-    (threads=1: by this one alone)."""
+    (threads=1: by this one alone); int8: in the int8 path's layout (takes_int8 types only)."""
     ops = _ops()
-    size = packed_bytes(ggml_type, n, k)
+    size = int(ops.lib.sv8_packed_bytes(ggml_type, n, k)) if int8 else packed_bytes(ggml_type, n, k)
     if not size:
-        raise ValueError(f"the quantised kernel does not take {TYPES.get(ggml_type, ggml_type)} rows of {k}")
+        path = "int8 path" if int8 else "quantised kernel"
+        raise ValueError(f"the {path} does not take {TYPES.get(ggml_type, ggml_type)} rows of {k}")
     arr = raw.numpy() if isinstance(raw, torch.Tensor) else raw  # held here until the call returns
     if arr.dtype != np.uint8 or not arr.flags.c_contiguous or arr.nbytes != gguf_bytes(ggml_type, n, k):
         raise ValueError(f"expected {gguf_bytes(ggml_type, n, k)} contiguous bytes of GGUF blocks, got {arr.nbytes}")
     out = torch.empty(size, dtype=torch.uint8)
-    if ops.lib.sv_repack(ggml_type, arr.ctypes.data, n, k, out.data_ptr(), threads) != 0:
+    fn = ops.lib.sv8_repack if int8 else ops.lib.sv_repack
+    if fn(ggml_type, arr.ctypes.data, n, k, out.data_ptr(), threads) != 0:
         raise ValueError("repacking failed")
     return out.view((n + LANES - 1) // LANES, -1)
 
@@ -257,24 +284,30 @@ def gguf_bytes(ggml_type: int, n: int, k: int) -> int:
     return n * (k // per) * size
 
 
-def linear(x: torch.Tensor, packed: torch.Tensor, ggml_type: int, n: int, bias: torch.Tensor | None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, packed: torch.Tensor, ggml_type: int, n: int, bias: torch.Tensor | None, int8: bool = False
+) -> torch.Tensor:
     """x (..., K) -> (..., n) float32 over the repacked weight: each output is x's row against the weight's row, FMA
-    over k in order from 0, then + bias, whatever the other rows of x."""
+    over k in order from 0, then + bias, whatever the other rows of x (int8: on the int8 path, its layout)."""
     ops = _ops()
     k = x.shape[-1]
     xc = x.reshape(-1, k).float().contiguous()
     y = torch.empty(xc.shape[0], n, dtype=torch.float32)
     b = 0 if bias is None else bias.data_ptr()
-    if ops.lib.sv_linear(ops.isa, ggml_type, xc.data_ptr(), xc.shape[0], packed.data_ptr(), b, y.data_ptr(), n, k):
+    fn, isa = (ops.lib.sv8_linear, ops.isa8) if int8 else (ops.lib.sv_linear, ops.isa)
+    if fn(isa, ggml_type, xc.data_ptr(), xc.shape[0], packed.data_ptr(), b, y.data_ptr(), n, k):
         raise ValueError(f"the quantised kernel refused a pass over {TYPES.get(ggml_type, ggml_type)} rows of {k}")
     return y.view(*x.shape[:-1], n)
 
 
-def rows(packed: torch.Tensor, ggml_type: int, n: int, k: int, ids: torch.Tensor) -> torch.Tensor:
-    """Rows `ids` of the repacked (n, k) weight, dequantised exactly: ids.shape + (k,) float32."""
+def rows(packed: torch.Tensor, ggml_type: int, n: int, k: int, ids: torch.Tensor, int8: bool = False) -> torch.Tensor:
+    """Rows `ids` of the repacked (n, k) weight (int8: in the int8 path's layout), dequantised exactly: ids.shape +
+    (k,) float32."""
     flat = ids.reshape(-1).to(torch.int64).contiguous()
     out = torch.empty(flat.numel(), k, dtype=torch.float32)
-    if _ops().lib.sv_rows(ggml_type, packed.data_ptr(), n, k, flat.data_ptr(), flat.numel(), out.data_ptr()):
+    lib = _ops().lib
+    fn = lib.sv8_rows if int8 else lib.sv_rows
+    if fn(ggml_type, packed.data_ptr(), n, k, flat.data_ptr(), flat.numel(), out.data_ptr()):
         raise IndexError(f"row ids outside 0..{n - 1}")
     return out.view(*ids.shape, k)
 
@@ -282,26 +315,39 @@ def rows(packed: torch.Tensor, ggml_type: int, n: int, k: int, ids: torch.Tensor
 class QuantLinear(torch.nn.Module):
     """nn.Linear (CPU, float32 out) over a GGUF weight kept as its repacked quantised blocks, run by our kernel for
     every pass: each weight dequantised in registers to exactly gguf's float32 value, each row's result the same
-    whatever rows come with it, and bitwise what the float32 packed kernel gives on the dequantised weight."""
+    whatever rows come with it, and bitwise what the float32 packed kernel gives on the dequantised weight. int8:
+    blocks in the int8 path's layout, each pass on it (each row's result still independent of the other rows)."""
 
     def __init__(
-        self, packed: torch.Tensor, ggml_type: int, out_features: int, in_features: int, bias: torch.Tensor | None
+        self,
+        packed: torch.Tensor,
+        ggml_type: int,
+        out_features: int,
+        in_features: int,
+        bias: torch.Tensor | None,
+        int8: bool = False,
     ) -> None:
         super().__init__()
-        self.ggml_type, self.out_features, self.in_features = ggml_type, out_features, in_features
+        self.ggml_type, self.out_features, self.in_features, self.int8 = ggml_type, out_features, in_features, int8
         self.packed = torch.nn.Parameter(packed, requires_grad=False)
         self.bias = None if bias is None else torch.nn.Parameter(bias.float().contiguous(), requires_grad=False)
 
     @classmethod
     def from_gguf(
-        cls, raw: np.ndarray | torch.Tensor, ggml_type: int, n: int, k: int, bias: torch.Tensor | None = None
+        cls,
+        raw: np.ndarray | torch.Tensor,
+        ggml_type: int,
+        n: int,
+        k: int,
+        bias: torch.Tensor | None = None,
+        int8: bool = False,
     ) -> QuantLinear:
         """From the GGUF tensor's bytes `raw` (n rows of k)."""
-        return cls(repack(raw, ggml_type, n, k), ggml_type, n, k, bias)
+        return cls(repack(raw, ggml_type, n, k, int8=int8), ggml_type, n, k, bias, int8)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` of the weight, dequantised exactly (an embedding lookup, a Medusa head's vocabulary rows)."""
-        return rows(self.packed, self.ggml_type, self.out_features, self.in_features, ids)
+        return rows(self.packed, self.ggml_type, self.out_features, self.in_features, ids, self.int8)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -315,14 +361,14 @@ class QuantLinear(torch.nn.Module):
         y = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.float32)
         k, b = self.in_features, 0 if self.bias is None else self.bias.data_ptr()
         rows = xc.numel() // k
-        if ops.lib.sv_linear(
-            ops.isa, self.ggml_type, xc.data_ptr(), rows, self.packed.data_ptr(), b, y.data_ptr(), self.out_features, k
-        ):
+        fn, isa = (ops.lib.sv8_linear, ops.isa8) if self.int8 else (ops.lib.sv_linear, ops.isa)
+        if fn(isa, self.ggml_type, xc.data_ptr(), rows, self.packed.data_ptr(), b, y.data_ptr(), self.out_features, k):
             raise ValueError(f"the quantised kernel refused a pass over {TYPES[self.ggml_type]} rows of {k}")
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{TYPES[self.ggml_type]}, in_features={self.in_features}, out_features={self.out_features}"
+        int8 = ", int8 path" if self.int8 else ""
+        return f"{TYPES[self.ggml_type]}{int8}, in_features={self.in_features}, out_features={self.out_features}"
 
 
 class QuantEmbedding(torch.nn.Module):

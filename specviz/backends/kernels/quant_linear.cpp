@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "quant_common.h"
+#include "quant_int8.h"
 
 namespace {
 
@@ -159,11 +160,56 @@ void image(int type, const uint8_t* g, uint8_t* im) {
   else image_q80(g, im);
 }
 
+// --- the int8 path's repacking (quant_int8.h): lane j's share of one GGUF block, written into super-group sg
+void image8_q4k(const uint8_t* g, int j, uint8_t* sg) {
+  std::copy(g, g + 2, sg + 2 * j);
+  std::copy(g + 2, g + 4, sg + 32 + 2 * j);
+  uint8_t im[8 * 18];
+  image_q4k(g, im);  // its scales and mins, unpacked from 6 bits
+  for (int t = 0; t < 8; ++t) {
+    sg[64 + 16 * t + j] = im[18 * t];
+    sg[192 + 16 * t + j] = im[18 * t + 1];
+  }
+  for (int P = 0; P < 4; ++P)
+    for (int c = 0; c < 8; ++c) std::memcpy(sg + sv8::HDR + ((P * 8 + c) * 16 + j) * 4, g + 16 + 32 * P + 4 * c, 4);
+}
+
+void image8_q6k(const uint8_t* g, int j, uint8_t* sg) {
+  std::copy(g + 208, g + 210, sg + 2 * j);
+  for (int b = 0; b < 16; ++b) sg[64 + 16 * b + j] = g[192 + b];
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 8; ++c) {
+      for (int h = 0; h < 2; ++h)
+        std::memcpy(sg + sv8::HDR + (((r * 2 + h) * 8 + c) * 16 + j) * 4, g + 64 * r + 32 * h + 4 * c, 4);
+      std::memcpy(sg + sv8::Q6K_QH + ((r * 8 + c) * 16 + j) * 4, g + 128 + 32 * r + 4 * c, 4);
+    }
+}
+
+bool isa8_ok(int isa) {
+  if (isa == ISA_PORTABLE) return true;
+#if defined(__x86_64__) || defined(_M_X64)
+  if (!isa_ok(isa)) return false;
+  return isa == ISA_AVX2 || (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"));
+#else
+  return false;
+#endif
+}
+
+using Blocks8Fn = void (*)(const sv8::Job*, int64_t, int64_t);
+
+Blocks8Fn blocks8_fn(int isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == ISA_AVX512) return sv8_blocks_avx512;
+  if (isa == ISA_AVX2) return sv8_blocks_avx2;
+#endif
+  return sv8_blocks_portable;
+}
+
 }  // namespace
 
 extern "C" {
 
-int sv_abi() { return 2; }
+int sv_abi() { return 3; }
 
 int sv_isa_ok(int isa) { return isa_ok(isa) ? 1 : 0; }
 
@@ -231,6 +277,75 @@ int sv_rows(int type, const uint8_t* w, int64_t N, int64_t K, const int64_t* ids
   at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i)
       sv::dequant_lane(type, w + ids[i] / sv::LANES * rb, K, int(ids[i] % sv::LANES), out + i * K, 1);
+  });
+  return 0;
+}
+
+// --- the int8 path (quant_int8.h)
+
+int sv8_isa_ok(int isa) { return isa8_ok(isa) ? 1 : 0; }
+
+int sv8_best_isa() { return isa8_ok(ISA_AVX512) ? ISA_AVX512 : isa8_ok(ISA_AVX2) ? ISA_AVX2 : ISA_PORTABLE; }
+
+int64_t sv8_packed_bytes(int type, int64_t N, int64_t K) { return (N + sv::LANES - 1) / sv::LANES * sv8::row_bytes(type, K); }
+
+// raw: the GGUF tensor's bytes; out: sv8_packed_bytes(type, N, K) bytes; threads as for sv_repack. -> 0, or -1
+int sv8_repack(int type, const uint8_t* raw, int64_t N, int64_t K, uint8_t* out, int threads) {
+  const int64_t rb = sv8::row_bytes(type, K), gb = gguf_block_bytes(type);
+  if (!rb) return -1;
+  const int64_t B = (N + sv::LANES - 1) / sv::LANES, groups = K / 256, row = groups * gb, sg = sv8::group_bytes(type);
+  auto work = [&](int64_t lo, int64_t hi) {
+    std::fill(out + lo * rb, out + hi * rb, 0);  // lanes past N: zero scales and weights
+    for (int64_t b = lo; b < hi; ++b) {
+      const int lanes = int(std::min<int64_t>(sv::LANES, N - b * sv::LANES));
+      for (int64_t s = 0; s < groups; ++s)
+        for (int j = 0; j < lanes; ++j) {
+          const uint8_t* g = raw + (b * sv::LANES + j) * row + s * gb;
+          uint8_t* o = out + b * rb + s * sg;
+          if (type == sv::Q4_K) image8_q4k(g, j, o);
+          else image8_q6k(g, j, o);
+        }
+    }
+  };
+  if (threads == 1)
+    work(0, B);
+  else
+    at::parallel_for(0, B, 8, work);
+  return 0;
+}
+
+// y (M, N) = x (M, K) times the int8-layout weight w, plus bias, on path `isa`: each row of x quantised to 8 bits
+// per 32 inputs first (the same for every path), then integer dots and quant_int8.h's epilogue. -> 0, or -1
+int sv8_linear(int isa, int type, const float* x, int64_t M, const uint8_t* w, const float* bias, float* y, int64_t N,
+               int64_t K) {
+  if (!sv8::row_bytes(type, K) || !isa8_ok(isa)) return -1;
+  thread_local std::vector<int8_t> xq;
+  thread_local std::vector<float> xd;
+  thread_local std::vector<int32_t> xs;
+  xq.resize(M * K);
+  xd.resize(M * K / 32);
+  xs.resize(M * K / 16);
+  int8_t* q = xq.data();
+  float* d = xd.data();
+  int32_t* s = xs.data();
+  at::parallel_for(0, M, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t m = lo; m < hi; ++m) sv8::quantise_row(x + m * K, K, q + m * K, d + m * (K / 32), s + m * (K / 16));
+  });
+  const sv8::Job job{type, q, d, s, M, w, bias, y, N, K};
+  const Blocks8Fn fn = blocks8_fn(isa);
+  at::parallel_for(0, (N + sv::LANES - 1) / sv::LANES, 4, [&](int64_t lo, int64_t hi) { fn(&job, lo, hi); });
+  return 0;
+}
+
+// rows ids[0..n) of the int8-layout (N, K) weight, dequantised exactly: out (n, K). -> 0, or -1
+int sv8_rows(int type, const uint8_t* w, int64_t N, int64_t K, const int64_t* ids, int64_t n, float* out) {
+  const int64_t rb = sv8::row_bytes(type, K);
+  if (!rb) return -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= N) return -1;
+  at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i)
+      sv8::dequant_lane(type, w + ids[i] / sv::LANES * rb, K, int(ids[i] % sv::LANES), out + i * K);
   });
   return 0;
 }

@@ -1,9 +1,11 @@
 // The quantised kernel's portable path: no intrinsics, for any CPU (ARM laptops), and the reference the vector paths
 // are tested against. Each block is dequantised exactly (quant_common.h), then every output lane accumulates
 // x[m][k] * w[n][k] with std::fma over k in order from 0, plus the bias: the vector paths' operations, lane by lane.
+// It also holds the int8 path's portable blocks (quant_int8.h).
 #include <cmath>
 
 #include "quant_common.h"
+#include "quant_int8.h"
 
 extern "C" void sv_blocks_portable(const sv::Job* job, int64_t lo, int64_t hi) {
   const int64_t K = job->K, N = job->N;
@@ -23,3 +25,6 @@ extern "C" void sv_blocks_portable(const sv::Job* job, int64_t lo, int64_t hi) {
     }
   }
 }
+
+// the int8 path's portable blocks (quant_int8.h): integer sums lane by lane, the same float epilogue
+extern "C" void sv8_blocks_portable(const sv8::Job* job, int64_t lo, int64_t hi) { sv8::blocks_portable(*job, lo, hi); }
