@@ -29,7 +29,7 @@ from specviz.proposers import STRATEGIES, build_proposer
 MAIN_STRATEGIES = ("draft", "ngram", "medusa", "layerskip", "multidraft")
 # the hook for token trees: name them here (e.g. "drafttree", "medusatree", "ngramtree") and they join the default
 # gallery; `--strategies drafttree` records one now. Nothing else changes: a tree step's trace replays like a chain's
-TREE_STRATEGIES: tuple[str, ...] = ("drafttree",)
+TREE_STRATEGIES: tuple[str, ...] = ("drafttree", "medusatree", "ngramtree")
 RULES = ("greedy", "sample")
 DETAIL_TOP = 10  # step-mode p/q chart tokens kept per step (the Run tab's step mode draws 10)
 INDEX = "index.json"
