@@ -314,6 +314,53 @@ def check_speedups(pair: ModelPair, cfg: GenConfig, limit: int, ngram_gamma: int
     return rows
 
 
+@dataclass
+class SideBySide:
+    """Plain decoding of the same prompts on two pairs in one run, each prompt by both in turn (alternating which goes
+    first): per side, wall seconds, the prompts' passes' seconds (part of wall) and tokens."""
+
+    names: tuple[str, str]
+    wall: dict[str, float] = dataclasses.field(default_factory=dict)
+    prefill: dict[str, float] = dataclasses.field(default_factory=dict)
+    tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+    prompts: int = 0
+    prompt_tokens: int = 0
+
+    def run(self, pairs: dict[str, ModelPair], ids: list[int], cfg: GenConfig) -> dict[str, list[int]]:
+        """Both sides on one prompt; -> each side's output ids."""
+        out = {}
+        for side in self.names if self.prompts % 2 == 0 else self.names[::-1]:
+            s = run_strategy(pairs[side], "plain", ids, cfg, instrument=False)
+            self.wall[side] = self.wall.get(side, 0.0) + s.wall_s
+            self.prefill[side] = self.prefill.get(side, 0.0) + s.prefill_ms / 1e3
+            self.tokens[side] = self.tokens.get(side, 0) + s.new_tokens
+            out[side] = s.output_ids
+        self.prompts += 1
+        self.prompt_tokens += len(ids)
+        return out
+
+    def tokens_per_s(self, side: str) -> float:
+        """With the prompts' passes."""
+        return self.tokens[side] / self.wall[side] if self.wall.get(side) else 0.0
+
+    def decoding(self, side: str) -> float:
+        """Decoding alone: the passes after each prompt's (its first token comes with the prompt's pass)."""
+        busy = self.wall.get(side, 0.0) - self.prefill.get(side, 0.0)
+        return (self.tokens[side] - self.prompts) / busy if busy > 0 else 0.0
+
+    def prefill_rate(self, side: str) -> float:
+        """Prompt tokens per second of the prompts' passes."""
+        return self.prompt_tokens / self.prefill[side] if self.prefill.get(side) else 0.0
+
+    def detail(self) -> str:
+        a, b = self.names
+        return (
+            f"decoding {self.decoding(a):.2f} vs {self.decoding(b):.2f} tokens/s; with the prompts' passes "
+            f"{self.tokens_per_s(a):.2f} vs {self.tokens_per_s(b):.2f}; prefill {self.prefill_rate(a):.0f} vs "
+            f"{self.prefill_rate(b):.0f} prompt tokens/s"
+        )
+
+
 def check_quant(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log) -> list[TargetRow]:
     """The quantised kernel against the float32 path on the same target, in one run: plain decoding's tokens/s with
     the prompts interleaved (alternating which goes first) and the output token for token, and the logits of each
@@ -326,20 +373,12 @@ def check_quant(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Lo
     f32 = dataclasses.replace(pair, target=float32_twin(pair))
     prompts = prompts_of(suite, limit)
     run_strategy(f32, "plain", pair.codec.encode(prompts[0][2]), GenConfig(max_new_tokens=4))  # its warm-up
-    wall = {"quant": 0.0, "f32": 0.0}
-    prefill = {"quant": 0.0, "f32": 0.0}  # seconds of the prompts' passes (part of wall)
-    tokens = {"quant": 0, "f32": 0}
-    prompt_tokens = 0
+    sides = SideBySide(("quant", "f32"))
     same, differing, values, worst = True, 0, 0, 0.0
-    for i, (_, name, prompt) in enumerate(prompts):
+    for _, name, prompt in prompts:
         ids = pair.codec.encode(prompt)
         log(f"quant: {name}")
-        out = {}
-        for side in ("quant", "f32") if i % 2 == 0 else ("f32", "quant"):
-            s = run_strategy(pair if side == "quant" else f32, "plain", ids, cfg, instrument=False)
-            wall[side], tokens[side], out[side] = wall[side] + s.wall_s, tokens[side] + s.new_tokens, s.output_ids
-            prefill[side] += s.prefill_ms / 1e3
-        prompt_tokens += len(ids)
+        out = sides.run({"quant": pair, "f32": f32}, ids, cfg)
         same &= out["quant"] == out["f32"]
         logits = []
         for lm in (pair.target, f32.target):
@@ -349,20 +388,14 @@ def check_quant(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Lo
         values += logits[0].numel()
         worst = max(worst, float((logits[0] - logits[1]).abs().max()))
     del f32
-    tps = {k: tokens[k] / wall[k] if wall[k] else 0.0 for k in wall}
-    # decoding alone: the passes after each prompt's (its first token comes with the prompt's pass)
-    dec = {k: (tokens[k] - len(prompts)) / (wall[k] - prefill[k]) if wall[k] > prefill[k] else 0.0 for k in wall}
-    pre = {k: prompt_tokens / prefill[k] if prefill[k] else 0.0 for k in wall}
     return [
         TargetRow(
             "7 quantised kernel",
             f"plain decoding tokens/s, quantised kernel / float32 path ({pair.info.get('linear', '?')})",
-            dec["quant"] / dec["f32"] if dec["f32"] else 0.0,
+            sides.decoding("quant") / sides.decoding("f32") if sides.decoding("f32") else 0.0,
             ">=",
             3.0,
-            f"decoding {dec['quant']:.2f} vs {dec['f32']:.2f} tokens/s; with the prompts' passes {tps['quant']:.2f} vs "
-            f"{tps['f32']:.2f}; prefill {pre['quant']:.0f} vs {pre['f32']:.0f} prompt tokens/s; {tokens['quant']} "
-            "tokens",
+            f"{sides.detail()}; {sides.tokens['quant']} tokens",
             same,
         ),
         TargetRow(
@@ -387,18 +420,13 @@ def check_int8(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log
     on8 = int8_twin(pair)
     prompts = prompts_of(suite, limit)
     warm_up(on8, pair.codec.encode(prompts[0][2])[:64])
-    wall, prefill, tokens = {"int8": 0.0, "exact": 0.0}, {"int8": 0.0, "exact": 0.0}, {"int8": 0, "exact": 0}
-    prompt_tokens, same_tokens, compared, agree, positions, rel = 0, 0, 0, 0, 0, 0.0
+    sides = SideBySide(("int8", "exact"))
+    same_tokens, compared, agree, positions, rel = 0, 0, 0, 0, 0.0
     spec_wall, spec_same, spec_tokens, passes = 0.0, True, 0, 0
-    for i, (_, name, prompt) in enumerate(prompts):
+    for _, name, prompt in prompts:
         ids = pair.codec.encode(prompt)
         log(f"int8: {name}")
-        out = {}
-        for side in ("int8", "exact") if i % 2 == 0 else ("exact", "int8"):
-            s = run_strategy(on8 if side == "int8" else pair, "plain", ids, cfg, instrument=False)
-            wall[side], tokens[side], out[side] = wall[side] + s.wall_s, tokens[side] + s.new_tokens, s.output_ids
-            prefill[side] += s.prefill_ms / 1e3
-        prompt_tokens += len(ids)
+        out = sides.run({"int8": on8, "exact": pair}, ids, cfg)
         a, b = out["int8"], out["exact"]
         same_tokens += next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         compared += len(b)
@@ -414,19 +442,15 @@ def check_int8(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log
         spec_same &= spec.output_ids == out["int8"]
         spec_tokens, passes = spec_tokens + spec.new_tokens, passes + spec.steps
     del on8
-    tps = {k: tokens[k] / wall[k] if wall[k] else 0.0 for k in wall}
-    dec = {k: (tokens[k] - len(prompts)) / (wall[k] - prefill[k]) if wall[k] > prefill[k] else 0.0 for k in wall}
-    pre = {k: prompt_tokens / prefill[k] if prefill[k] else 0.0 for k in wall}
-    speedup = wall["int8"] / spec_wall if spec_wall else 0.0
+    speedup = sides.wall["int8"] / spec_wall if spec_wall else 0.0
     return [
         TargetRow(
             "7 int8 path",
             f"plain decoding tokens/s, int8 path / exact quantised kernel (default at >= {INT8_DEFAULT_GAIN:g})",
-            dec["int8"] / dec["exact"] if dec["exact"] else 0.0,
+            sides.decoding("int8") / sides.decoding("exact") if sides.decoding("exact") else 0.0,
             ">=",
             INT8_DEFAULT_GAIN,
-            f"decoding {dec['int8']:.2f} vs {dec['exact']:.2f} tokens/s; with the prompts' passes {tps['int8']:.2f} "
-            f"vs {tps['exact']:.2f}; prefill {pre['int8']:.0f} vs {pre['exact']:.0f} prompt tokens/s",
+            sides.detail(),
         ),
         TargetRow(
             "7 int8 numbers",
@@ -444,7 +468,7 @@ def check_int8(pair: ModelPair, cfg: GenConfig, suite: str, limit: int, log: Log
             ">=",
             1.5,
             f"{spec_tokens} tokens at {spec_tokens / spec_wall if spec_wall else 0:.2f} tokens/s, "
-            f"{spec_tokens / passes if passes else 0:.2f} tokens per pass; plain {tps['int8']:.2f} tokens/s",
+            f"{spec_tokens / passes if passes else 0:.2f} tokens per pass; plain {sides.tokens_per_s('int8'):.2f} tokens/s",
             spec_same,
         ),
     ]
